@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test` (see README.md).
+# Both install what they need: Python packages into .venv, Debian packages via apt-get.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench services clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+services:
+	bash scripts/ensure-services.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) services
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+demo: $(STAMP) services
+	$(BIN)/python scripts/demo.py
+
+bench: $(STAMP) services
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

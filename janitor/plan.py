@@ -1,0 +1,131 @@
+"""Typed actions, the plan a run executes, and the safety guard.
+
+A sweeper reads the world and returns *steps*. A step is one unit of remote work (one
+``DROP DATABASE``, one registry manifest ``DELETE`` that removes several tags, one batched
+Elasticsearch ``DELETE a,b,c``) and carries the *actions* it settles: one action is one
+reported thing, i.e. one event line (SPEC.md "Events"). Executing a step returns one
+:class:`Result` per action, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["planned", "done", "absent", "skipped", "failed", "ok", "mismatch"]
+
+EMPTY: Mapping[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Result:
+    """How one action ended. ``reason`` goes with skipped/mismatch, ``error`` with failed."""
+
+    outcome: Outcome
+    reason: str | None = None
+    error: str | None = None
+    fields: Mapping[str, Any] = field(default=EMPTY)
+
+
+PLANNED = Result("planned")
+DONE = Result("done")
+ABSENT = Result("absent")
+
+
+def skipped(reason: str) -> Result:
+    return Result("skipped", reason=reason)
+
+
+def failed(error: str) -> Result:
+    return Result("failed", error=error)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One reported thing: becomes exactly one event line."""
+
+    event: str
+    target: str
+    planned: Result
+    deployment: str | None = None
+    fields: Mapping[str, Any] = field(default=EMPTY)
+
+    @property
+    def deletes(self) -> bool:
+        """Counted by the guard: planned deletions only (SPEC.md JANITOR_MAX_DELETIONS)."""
+        return self.planned.outcome == "planned"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work settling ``actions``; ``run`` is None when the plan already knows
+    every outcome (absent, skipped, or a read-only check)."""
+
+    actions: tuple[Action, ...]
+    run: Callable[[], Sequence[Result]] | None = None
+
+
+def final(action: Action) -> Step:
+    """A step whose outcome the plan already settled."""
+    return Step((action,), None)
+
+
+def single(action: Action, run: Callable[[], Result]) -> Step:
+    """A step doing one thing for one action."""
+    return Step((action,), lambda: (run(),))
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A row of the Houston deployments table that is past the retention window."""
+
+    id: str
+    release_name: str
+    deleted_at: str
+
+
+@dataclass(frozen=True)
+class DeploymentWork:
+    """Everything to destroy for one expired deployment, in order, before its row may go.
+
+    ``remaining`` are read-only probes run after the steps: each returns a sentence naming
+    what still exists (e.g. tags a registry listing still shows) or None when all is gone.
+    ``blocked`` names why the row must be kept whatever the steps do (a protected or
+    conflicting name); ``None`` when the row may be purged once everything is gone.
+    """
+
+    deployment: Deployment
+    steps: tuple[Step, ...] = ()
+    remaining: tuple[Callable[[], str | None], ...] = ()
+    blocked: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    deployments: tuple[DeploymentWork, ...]
+    steps: tuple[Step, ...]
+    purge_blocked: str | None
+    """Why no row may be purged in this run (a sweeper that did not run), else None."""
+
+    def actions(self) -> list[Action]:
+        found = [a for w in self.deployments for s in w.steps for a in s.actions]
+        found += [a for s in self.steps for a in s.actions]
+        return found
+
+    def deletions(self) -> int:
+        """What the guard counts: planned deletions, plus the rows that would be purged."""
+        count = sum(1 for a in self.actions() if a.deletes)
+        if self.purge_blocked is None:
+            count += sum(1 for w in self.deployments if w.blocked is None)
+        return count
+
+
+def guard_refusal(plan: Plan, max_deletions: int) -> str | None:
+    """The reason the whole run is refused (SPEC.md exit 4), or None. 0 means no limit."""
+    if max_deletions <= 0:
+        return None
+    count = plan.deletions()
+    if count <= max_deletions:
+        return None
+    return f"guard: plan deletes {count} things, more than max_deletions={max_deletions}"
