@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 Outcome = Literal["planned", "done", "absent", "skipped", "failed", "ok", "mismatch"]
 
-EMPTY: Mapping[str, Any] = {}
-
 
 @dataclass(frozen=True)
 class Result:
@@ -25,7 +23,7 @@ class Result:
     outcome: Outcome
     reason: str | None = None
     error: str | None = None
-    fields: Mapping[str, Any] = field(default=EMPTY)
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 PLANNED = Result("planned")
@@ -49,7 +47,7 @@ class Action:
     target: str
     planned: Result
     deployment: str | None = None
-    fields: Mapping[str, Any] = field(default=EMPTY)
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def deletes(self) -> bool:

@@ -42,7 +42,7 @@ class TimeoutSession(requests.Session):
         super().__init__()
         self._timeout = timeout
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
         return super().request(method, url, *args, **kwargs)
 

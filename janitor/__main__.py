@@ -1,0 +1,7 @@
+"""`python -m janitor ...` is the same as `janitor ...`."""
+
+import sys
+
+from janitor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,197 @@
+"""The Houston deployments table: the run's clock and lock, expired deployments, row lock, purge.
+
+The row of an expired deployment is the only record of what still has to be cleaned, so it
+goes last, and only under a row lock that re-checks it is still deleted and still past the
+window (SPEC.md "Safety rules").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from janitor.plan import ABSENT, DONE, Deployment, Result, failed
+
+RELEASE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# A fixed key for pg_try_advisory_lock: "astro-janitor run lock" (any constant will do, as
+# long as every janitor on the same Houston database agrees on it).
+RUN_LOCK_KEY = 0x4A414E49544F52  # "JANITOR" in ASCII
+# A restore in Houston holds the row while it commits; wait for it, but not forever.
+ROW_LOCK_TIMEOUT = "30s"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Where deployments live; every name is an identifier, quoted by psycopg."""
+
+    schema: str
+    table: str
+    id_column: str = "id"
+    release_column: str = "releaseName"
+    deleted_column: str = "deletedAt"
+
+    def ident(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.table))
+
+    def columns(self) -> dict[str, sql.Identifier]:
+        return {
+            "table": self.ident(),  # type: ignore[dict-item]
+            "id": sql.Identifier(self.id_column),
+            "release": sql.Identifier(self.release_column),
+            "deleted": sql.Identifier(self.deleted_column),
+        }
+
+    def expired_condition(self) -> sql.Composed:
+        # One clock per run: the cutoff is computed from the run's `now` (taken from the
+        # database server) rather than each statement's now(), so every age agrees.
+        return sql.SQL(
+            "{deleted} IS NOT NULL AND {deleted} <= %(now)s - make_interval(days => %(days)s)"
+        ).format(**self.columns())
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An expired row the janitor must not act on, and why (reported as skipped every run)."""
+
+    deployment: Deployment
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fleet:
+    expired: tuple[Deployment, ...]
+    rejected: tuple[Rejected, ...]
+
+
+def connect(conninfo: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(conninfo, autocommit=True, application_name="astro-janitor")
+    configure(conn)
+    return conn
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    # Houston (Prisma) stores deletedAt as `timestamp without time zone` holding UTC; the
+    # comparison with a timestamptz casts it through the session time zone, so pin it.
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+def server_now(conn: psycopg.Connection[Any]) -> datetime:
+    ((now,),) = conn.execute("SELECT now()").fetchall()
+    return now  # type: ignore[no-any-return]
+
+
+def try_run_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Session-level advisory lock: held until released or the connection closes (a crash)."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (RUN_LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
+
+
+def release_run_lock(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+
+
+def read_fleet(
+    conn: psycopg.Connection[Any], table: Table, *, now: datetime, retention_days: int
+) -> Fleet:
+    """Expired deployments with valid, unshared release names; the others as rejected."""
+    query = sql.SQL(
+        "SELECT {id}::text, {release}, {deleted}::text FROM {table}"
+        " WHERE {expired} ORDER BY {deleted}, {id}"
+    ).format(expired=table.expired_condition(), **table.columns())
+    params = {"now": now, "days": retention_days}
+    rows = conn.execute(query, params).fetchall()
+    expired: list[Deployment] = []
+    rejected: list[Rejected] = []
+    for row_id, release, deleted_at in rows:
+        deployment = Deployment(id=row_id, release_name=release or "", deleted_at=deleted_at)
+        if not release:
+            rejected.append(Rejected(deployment, "release name is empty"))
+        elif not RELEASE_NAME.match(release):
+            rejected.append(
+                Rejected(
+                    deployment,
+                    f"invalid release name {release!r}: names must match {RELEASE_NAME.pattern}",
+                )
+            )
+        else:
+            expired.append(deployment)
+    in_use = _names_in_use(conn, table, [d.release_name for d in expired], params)
+    valid = []
+    for deployment in expired:
+        if deployment.release_name in in_use:
+            # Its databases and images would be the live deployment's: never touch them.
+            rejected.append(
+                Rejected(
+                    deployment,
+                    f"release name {deployment.release_name!r} also belongs to a deployment "
+                    "that is live or not yet expired",
+                )
+            )
+        else:
+            valid.append(deployment)
+    return Fleet(expired=tuple(valid), rejected=tuple(rejected))
+
+
+def _names_in_use(
+    conn: psycopg.Connection[Any], table: Table, names: Sequence[str], params: dict[str, Any]
+) -> set[str]:
+    if not names:
+        return set()
+    query = sql.SQL(
+        "SELECT DISTINCT {release} FROM {table}"
+        " WHERE {release} = ANY(%(names)s) AND NOT ({expired})"
+    ).format(expired=table.expired_condition(), **table.columns())
+    return {row[0] for row in conn.execute(query, {**params, "names": list(names)})}
+
+
+@contextmanager
+def locked_if_expired(
+    conn: psycopg.Connection[Any],
+    table: Table,
+    deployment: Deployment,
+    *,
+    now: datetime,
+    retention_days: int,
+) -> Iterator[bool]:
+    """Holds the row lock for the whole block; yields whether the row is still expired.
+
+    The transaction stays open until the block ends, so a restore in Houston waits for the
+    janitor to finish this deployment, and a restore that committed first wins.
+    """
+    query = sql.SQL("SELECT 1 FROM {table} WHERE {id} = %(id)s AND {expired} FOR UPDATE").format(
+        expired=table.expired_condition(), **table.columns()
+    )
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ROW_LOCK_TIMEOUT)))
+        row = conn.execute(
+            query, {"id": deployment.id, "now": now, "days": retention_days}
+        ).fetchone()
+        yield row is not None
+
+
+def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -> Result:
+    """Deletes the row inside the caller's row-lock transaction (a savepoint keeps it usable)."""
+    query = sql.SQL("DELETE FROM {table} WHERE {id} = %(id)s").format(**table.columns())
+    try:
+        with conn.transaction():
+            deleted = conn.execute(query, {"id": deployment.id}).rowcount
+    except psycopg.Error as exc:
+        return failed(describe(exc))
+    return DONE if deleted else ABSENT
+
+
+def describe(exc: psycopg.Error) -> str:
+    """A database error in one line: SQLSTATE, message and the detail that explains it."""
+    diag = exc.diag
+    parts = [diag.message_primary or str(exc).strip().splitlines()[0]]
+    if diag.message_detail:
+        parts.append(diag.message_detail)
+    text = ": ".join(parts)
+    return f"{diag.sqlstate} {text}" if diag.sqlstate else text

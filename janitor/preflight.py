@@ -1,0 +1,94 @@
+"""`janitor check`: can the janitor reach everything and do its job? Changes nothing.
+
+Exit 0 when every configured component is fine, 1 listing what is missing (SPEC.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from janitor import houston
+from janitor.config import Settings
+from janitor.events import Log
+from janitor.sweepers import databases
+
+Probe = Callable[[], Iterable[str]]
+
+
+def check(settings: Settings, log: Log) -> int:
+    probes: list[tuple[str, Probe]] = []
+    houston_info = settings.houston_conninfo()
+    airflow_info = settings.airflow_conninfo()
+    if houston_info is not None:
+        probes.append(("houston", lambda: houston_problems(settings, houston_info)))
+    if airflow_info is not None and "databases" in settings.subsystems:
+        probes.append(("airflow-databases", lambda: airflow_problems(airflow_info)))
+    failures = 0
+    for component, probe in probes:
+        try:
+            problems = list(probe())
+        except Exception as exc:  # noqa: BLE001 - any failure to probe is itself the finding
+            problems = [f"{type(exc).__name__}: {exc}"]
+        if problems:
+            failures += 1
+            log.error("check.component", target=component, outcome="failed", problems=problems)
+        else:
+            log.info("check.component", target=component, outcome="ok")
+    code = 1 if failures else 0
+    log.info("check.finished", exit_code=code, components=len(probes), failed=failures)
+    return code
+
+
+def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
+    table = houston.Table(
+        settings.houston_schema,
+        settings.houston_table,
+        settings.houston_id_column,
+        settings.houston_release_column,
+        settings.houston_deleted_column,
+    )
+    with houston.connect(conninfo) as conn:
+        found = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL",
+            (table.ident().as_string(conn),),
+        ).fetchone()
+        if not (found and found[0]):
+            yield f"table {settings.houston_schema}.{settings.houston_table} not found"
+            return
+        columns = {
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s",
+                (settings.houston_schema, settings.houston_table),
+            )
+        }
+        for column in (table.id_column, table.release_column, table.deleted_column):
+            if column not in columns:
+                yield f"column {column!r} not found in {settings.houston_table}"
+        # FOR UPDATE needs UPDATE; the purge needs DELETE.
+        for privilege in ("SELECT", "UPDATE", "DELETE"):
+            row = conn.execute(
+                sql.SQL("SELECT has_table_privilege(current_user, %s, %s)"),
+                (table.ident().as_string(conn), privilege),
+            ).fetchone()
+            if not (row and row[0]):
+                yield f"missing {privilege} on {settings.houston_schema}.{settings.houston_table}"
+
+
+def airflow_problems(conninfo: str) -> Iterator[str]:
+    yield from databases.server_problems(_connection(conninfo))
+
+
+def _connection(conninfo: str) -> Callable[[], Any]:
+    @contextmanager
+    def connect() -> Iterator[psycopg.Connection[Any]]:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            yield conn
+
+    return connect

@@ -1,0 +1,316 @@
+"""One run: lock, plan, guard, execute, summarise (SPEC.md "What one run does").
+
+Data flows one way: settings → sources → plan → executor → events. Dry run is the same
+path with execution skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from janitor import __version__, houston
+from janitor.config import Settings
+from janitor.errors import ConfigurationError
+from janitor.events import Log, Recorder
+from janitor.plan import (
+    Action,
+    Deployment,
+    DeploymentWork,
+    Plan,
+    Result,
+    Step,
+    failed,
+    final,
+    guard_refusal,
+    skipped,
+)
+from janitor.sweepers import databases
+
+Clock = Callable[[], datetime]
+GONE = frozenset({"done", "absent"})
+NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"
+ROW_LOCKED = "deployment row is locked by another transaction"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the executor needs beyond the plan."""
+
+    settings: Settings
+    table: houston.Table
+    now: datetime
+    dry_run: bool
+    recorder: Recorder
+    houston_pool: ConnectionPool[psycopg.Connection[Any]] | None
+    workers: Executor
+
+
+def houston_table(settings: Settings) -> houston.Table:
+    return houston.Table(
+        schema=settings.houston_schema,
+        table=settings.houston_table,
+        id_column=settings.houston_id_column,
+        release_column=settings.houston_release_column,
+        deleted_column=settings.houston_deleted_column,
+    )
+
+
+def open_pool(conninfo: str, size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
+    return ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "application_name": "astro-janitor"},
+        configure=houston.configure,
+        name=name,
+        open=True,
+    )
+
+
+def run(settings: Settings, log: Log, *, clock: Clock = utc_now) -> int:
+    """Performs one run and returns its exit code; run.finished is always the last line."""
+    started = time.monotonic()
+    recorder = Recorder(log)
+    log.info(
+        "run.started",
+        version=__version__,
+        subsystems=list(settings.subsystems),
+        config=settings.summary(),
+    )
+    error: str | None = None
+    try:
+        code = _run(settings, recorder, clock)
+    except ConfigurationError as exc:
+        code, error = 2, str(exc)
+    except psycopg.Error as exc:
+        code, error = 1, f"Houston database: {houston.describe(exc)}"
+    finished: dict[str, Any] = {
+        "counts": recorder.counts(),
+        "exit_code": code,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    if error is not None:
+        finished["error"] = error
+    (log.error if code in (1, 2) else log.info)("run.finished", **finished)
+    return code
+
+
+def _run(settings: Settings, recorder: Recorder, clock: Clock) -> int:
+    dry_run = settings.dry_run
+    with ExitStack() as stack:
+        conninfo = settings.houston_conninfo()
+        main = stack.enter_context(houston.connect(conninfo)) if conninfo else None
+        # SPEC.md "Time": one now per run, from the database server when there is one.
+        now = houston.server_now(main) if main is not None else clock()
+        if main is not None and not dry_run:
+            if not houston.try_run_lock(main):
+                recorder.log.info("run.skipped", reason="another run holds the run lock")
+                return 0
+            stack.callback(houston.release_run_lock, main)
+        workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
+        table = houston_table(settings)
+        plan = build_plan(settings, stack, main, table, now)
+        refusal = guard_refusal(plan, settings.max_deletions)
+        if refusal is not None:
+            _refuse(plan, recorder, refusal)
+            return 4
+        pool = None
+        if plan.deployments and not dry_run and conninfo is not None:
+            pool = stack.enter_context(open_pool(conninfo, settings.concurrency, "houston"))
+        context = Context(settings, table, now, dry_run, recorder, pool, workers)
+        execute(plan, context)
+    outcomes = recorder.outcomes()
+    if "failed" in outcomes:
+        return 1
+    if "mismatch" in outcomes:
+        return 3
+    return 0
+
+
+def build_plan(
+    settings: Settings,
+    stack: ExitStack,
+    main: psycopg.Connection[Any] | None,
+    table: houston.Table,
+    now: datetime,
+) -> Plan:
+    """Asks every selected sweeper for its steps. A sweeper that cannot even read its
+    world reports one failed event and blocks every purge; the others still run."""
+    subsystems = settings.subsystems
+    works: list[DeploymentWork] = []
+    steps: list[Step] = []
+    blocked: list[str] = []
+    if main is not None and ("databases" in subsystems or "registry" in subsystems):
+        fleet = houston.read_fleet(main, table, now=now, retention_days=settings.retention_days)
+        works = [DeploymentWork(d) for d in fleet.expired]
+        works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
+        expired = [w.deployment for w in works if w.blocked is None]
+        if "databases" not in subsystems:
+            blocked.append("databases not swept")
+        elif expired:
+            try:
+                works = _attach(works, _plan_databases(settings, stack, main, expired))
+            except psycopg.Error as exc:
+                steps.append(_sweep_failure("database.drop", _server(settings), exc))
+                blocked.append("databases could not be swept")
+        if "registry" not in subsystems and not settings.registry_swept_by_definition:
+            blocked.append("registry not swept")
+    purge_blocked = ", ".join(blocked) if blocked else None
+    return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
+
+
+def _attach(
+    works: list[DeploymentWork], steps: Mapping[str, tuple[Step, ...]]
+) -> list[DeploymentWork]:
+    return [replace(w, steps=w.steps + steps.get(w.deployment.id, ())) for w in works]
+
+
+def _sweep_failure(event: str, target: str, exc: psycopg.Error) -> Step:
+    return final(Action(event, target, failed(houston.describe(exc))))
+
+
+def _server(settings: Settings) -> str:
+    """The Airflow database server as host:port/dbname, for events (no credentials)."""
+    parts = conninfo_to_dict(settings.airflow_conninfo() or "")
+    return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def _plan_databases(
+    settings: Settings,
+    stack: ExitStack,
+    main: psycopg.Connection[Any],
+    expired: list[Deployment],
+) -> dict[str, tuple[Step, ...]]:
+    conninfo = settings.airflow_conninfo()
+    if conninfo is None:  # unreachable: the databases subsystem requires a Houston DSN
+        raise ConfigurationError("JANITOR_AIRFLOW_DSN: not configured")
+    # A direct connection fails fast with the server's own words; a pool would only time out.
+    houston.connect(conninfo).close()
+    pool = stack.enter_context(open_pool(conninfo, settings.concurrency, "airflow"))
+    naming = databases.Naming(settings.database_template, settings.role_templates)
+    houston_user = conninfo_to_dict(main.info.dsn).get("user") or main.info.user
+    server = databases.inspect_server(
+        pool.connection,
+        conninfo,
+        naming,
+        expired,
+        protected_databases=frozenset({main.info.dbname}),
+        protected_roles=frozenset({str(houston_user)}),
+    )
+    return databases.plan_databases(server, naming, expired)
+
+
+def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
+    """SPEC.md exit 4: nothing changes; every planned deletion is reported as refused."""
+    for action in plan.actions():
+        recorder.action(action, skipped(refusal) if action.deletes else action.planned)
+    for work in plan.deployments:
+        recorder.action(_purge_action(work.deployment), skipped(refusal))
+
+
+def execute(plan: Plan, context: Context) -> None:
+    pool = context.workers
+    pending: list[Future[Any]] = [
+        pool.submit(_settle_deployment, w, plan, context) for w in plan.deployments
+    ]
+    pending += [pool.submit(_settle, s, context) for s in plan.steps]
+    for future in pending:
+        future.result()
+
+
+def _settle(step: Step, context: Context) -> list[Result]:
+    """Executes one step (unless dry run) and emits one event per action."""
+    if context.dry_run or step.run is None:
+        results = [a.planned for a in step.actions]
+    else:
+        try:
+            results = list(step.run())
+        except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
+            results = [failed(f"unexpected error: {exc!r}")] * len(step.actions)
+    for action, result in zip(step.actions, results, strict=True):
+        context.recorder.action(action, result)
+    return results
+
+
+def _purge_action(deployment: Deployment) -> Action:
+    return Action(
+        "deployment.purge",
+        deployment.release_name or deployment.id,
+        Result("planned"),
+        deployment.release_name or None,
+        {"id": deployment.id},
+    )
+
+
+def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> None:
+    purge = _purge_action(work.deployment)
+    if work.blocked is not None:
+        context.recorder.action(purge, skipped(work.blocked))
+        return
+    if context.dry_run:
+        results = [r for step in work.steps for r in _settle(step, context)]
+        reason = _keep_reason(results, plan.purge_blocked)
+        context.recorder.action(purge, skipped(reason) if reason else purge.planned)
+        return
+    if context.houston_pool is None:  # unreachable: real runs with deployments open it
+        raise RuntimeError("no Houston connection pool")
+    with context.houston_pool.connection() as conn:
+        try:
+            with houston.locked_if_expired(
+                conn,
+                context.table,
+                work.deployment,
+                now=context.now,
+                retention_days=context.settings.retention_days,
+            ) as still_expired:
+                if not still_expired:
+                    _skip_all(work, purge, NO_LONGER_EXPIRED, context)
+                    return
+                results = [r for step in work.steps for r in _settle(step, context)]
+                reason = _keep_reason(results, plan.purge_blocked) or _remaining(work)
+                result = (
+                    skipped(reason)
+                    if reason
+                    else houston.purge(conn, context.table, work.deployment)
+                )
+                context.recorder.action(purge, result)
+        except psycopg.errors.LockNotAvailable:
+            _skip_all(work, purge, ROW_LOCKED, context)
+
+
+def _skip_all(work: DeploymentWork, purge: Action, reason: str, context: Context) -> None:
+    for step in work.steps:
+        for action in step.actions:
+            context.recorder.action(action, skipped(reason) if action.deletes else action.planned)
+    context.recorder.action(purge, skipped(reason))
+
+
+def _keep_reason(results: Sequence[Result], purge_blocked: str | None) -> str | None:
+    """Why the row stays although this deployment was processed (SPEC.md step 3)."""
+    left = [r.outcome for r in results if r.outcome not in GONE and r.outcome != "planned"]
+    if left:
+        counted = ", ".join(f"{left.count(o)} {o}" for o in sorted(set(left)))
+        return f"not all resources are gone ({counted})"
+    return purge_blocked
+
+
+def _remaining(work: DeploymentWork) -> str | None:
+    for probe in work.remaining:
+        still_there = probe()
+        if still_there:
+            return still_there
+    return None
