@@ -169,6 +169,10 @@ class Settings(BaseModel):
     prometheus_password: OptSecret = None
     prometheus_token: OptSecret = None
     prometheus_ca_bundle: OptPath = None
+    prometheus_source: Literal["http", "kubernetes"] = "http"
+    prometheus_kind: Literal["prometheus", "statefulset"] = "statefulset"
+    prometheus_namespace: OptStr = None
+    prometheus_name: str = "astronomer-prometheus"
     metrics_retention_days: Days = 15
 
     dry_run: bool = False
@@ -235,7 +239,10 @@ class Settings(BaseModel):
                 self.houston_dsn and self.registry_url not in (None, NO_REGISTRY),
             ),
             "logs": ("JANITOR_ELASTICSEARCH_URL", self.elasticsearch_url),
-            "metrics": ("JANITOR_PROMETHEUS_URL", self.prometheus_url),
+            "metrics": (
+                "JANITOR_PROMETHEUS_URL (or JANITOR_PROMETHEUS_SOURCE=kubernetes)",
+                self.prometheus_url or self.prometheus_source == "kubernetes",
+            ),
         }
         name, present = needs[subsystem]
         return None if present else name
@@ -250,6 +257,11 @@ class Settings(BaseModel):
     def registry_swept_by_definition(self) -> bool:
         """The platform keeps no images (JANITOR_REGISTRY_URL=none): nothing to sweep there."""
         return self.registry_url == NO_REGISTRY
+
+    def reveal(self, name: str) -> str | None:
+        """The plain value of a secret setting, for the client that needs it."""
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else None
 
     def houston_conninfo(self) -> str | None:
         return self.houston_dsn.get_secret_value() if self.houston_dsn else None

@@ -15,7 +15,7 @@ from psycopg import sql
 from janitor import houston
 from janitor.config import Settings
 from janitor.events import Log
-from janitor.sweepers import databases
+from janitor.sweepers import databases, metrics
 
 Probe = Callable[[], Iterable[str]]
 
@@ -28,6 +28,8 @@ def check(settings: Settings, log: Log) -> int:
         probes.append(("houston", lambda: houston_problems(settings, houston_info)))
     if airflow_info is not None and "databases" in settings.subsystems:
         probes.append(("airflow-databases", lambda: airflow_problems(airflow_info)))
+    if "metrics" in settings.subsystems and settings.prometheus_url is not None:
+        probes.append(("prometheus", lambda: prometheus_problems(settings)))
     failures = 0
     for component, probe in probes:
         try:
@@ -79,6 +81,18 @@ def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
             ).fetchone()
             if not (row and row[0]):
                 yield f"missing {privilege} on {settings.houston_schema}.{settings.houston_table}"
+
+
+def prometheus_problems(settings: Settings) -> list[str]:
+    url = settings.prometheus_url or ""
+    client = metrics.connect_prometheus(
+        url,
+        username=settings.prometheus_username,
+        password=settings.reveal("prometheus_password"),
+        token=settings.reveal("prometheus_token"),
+        ca_bundle=settings.prometheus_ca_bundle,
+    )
+    return metrics.prometheus_problems(client, url)
 
 
 def airflow_problems(conninfo: str) -> Iterator[str]:

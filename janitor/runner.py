@@ -34,7 +34,7 @@ from janitor.plan import (
     guard_refusal,
     skipped,
 )
-from janitor.sweepers import databases
+from janitor.sweepers import databases, metrics
 
 Clock = Callable[[], datetime]
 GONE = frozenset({"done", "absent"})
@@ -169,6 +169,8 @@ def build_plan(
                 blocked.append("databases could not be swept")
         if "registry" not in subsystems and not settings.registry_swept_by_definition:
             blocked.append("registry not swept")
+    if "metrics" in subsystems:
+        steps += _plan_metrics(settings)
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
 
@@ -187,6 +189,20 @@ def _server(settings: Settings) -> str:
     """The Airflow database server as host:port/dbname, for events (no credentials)."""
     parts = conninfo_to_dict(settings.airflow_conninfo() or "")
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def _plan_metrics(settings: Settings) -> list[Step]:
+    url = settings.prometheus_url
+    if url is None:  # unreachable: the metrics subsystem requires a source
+        raise ConfigurationError("JANITOR_PROMETHEUS_URL: not configured")
+    client = metrics.connect_prometheus(
+        url,
+        username=settings.prometheus_username,
+        password=settings.reveal("prometheus_password"),
+        token=settings.reveal("prometheus_token"),
+        ca_bundle=settings.prometheus_ca_bundle,
+    )
+    return metrics.check_metrics(client, url=url, expected_days=settings.metrics_retention_days)
 
 
 def _plan_databases(

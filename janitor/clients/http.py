@@ -44,6 +44,9 @@ class TimeoutSession(requests.Session):
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override session.verify
+        # (psf/requests#3829): pass the configured CA bundle explicitly on every request.
+        kwargs.setdefault("verify", self.verify)
         return super().request(method, url, *args, **kwargs)
 
 

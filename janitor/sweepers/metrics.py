@@ -1,0 +1,439 @@
+"""Check that Prometheus keeps metrics for exactly ``metrics_retention_days`` (SPEC.md step 5).
+
+Read-only, also in a real run: one ``metrics.retention.check`` event with outcome ``ok``,
+``mismatch`` (exit 3) or ``failed`` (exit 1). The retention is read from the Prometheus HTTP
+API, or (``JANITOR_PROMETHEUS_SOURCE=kubernetes``) from the Prometheus Operator resource or
+the StatefulSet that starts Prometheus.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from janitor.clients.http import HttpOptions, make_session
+from janitor.durations import format_duration, parse_duration
+from janitor.errors import ConfigurationError
+from janitor.plan import Action, Result, Step, final
+
+EVENT = "metrics.retention.check"
+
+# A check is one cheap GET; a Prometheus that is down should fail the event quickly, not
+# hold the run through the deletion-sized retry budget.
+PROMETHEUS_HTTP = HttpOptions(retries=2, backoff_factor_s=0.2, read_timeout_s=10.0)
+
+# Prometheus' default when neither a time nor a size limit is set (prometheus/cmd main.go).
+PROMETHEUS_DEFAULT = timedelta(days=15)
+# The Prometheus Operator's default when neither spec.retention nor spec.retentionSize is
+# set (monitoring.coreos.com/v1 PrometheusSpec docs).
+OPERATOR_DEFAULT = timedelta(hours=24)
+
+Kind = Literal["prometheus", "statefulset"]
+
+# What Prometheus prints for a byte size (alecthomas/units Base2Bytes), and the spellings it
+# accepts in --storage.tsdb.retention.size / the operator's spec.retentionSize.
+_SIZE = re.compile(r"(?:[0-9]*\.)?[0-9]+(?:[KMGTPE]i?)?B")
+_ZERO_SIZE = re.compile(r"(?:0+(?:\.0*)?(?:[KMGTPE]i?)?B?)?")
+_TIME_FLAG = "storage.tsdb.retention.time"
+_DEPRECATED_TIME_FLAG = "storage.tsdb.retention"
+_SIZE_FLAG = "storage.tsdb.retention.size"
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What Prometheus keeps: data younger than ``time``, within ``size`` (as Prometheus
+    prints it, e.g. ``10GiB``), or both, whichever limit is reached first. ``note`` says
+    where a defaulted value came from, for the mismatch reason."""
+
+    time: timedelta | None
+    size: str | None = None
+    note: str | None = None
+
+
+class RetentionUnreadable(Exception):
+    """The retention could not be read; the message is the event's ``error`` text."""
+
+
+class _EndpointMissing(RetentionUnreadable):
+    """A 404: on runtimeinfo, a server older than that endpoint."""
+
+
+def connect_prometheus(
+    url: str,
+    *,
+    username: str | None,
+    password: str | None,
+    token: str | None,
+    ca_bundle: Path | None,
+) -> requests.Session:
+    """A session for the Prometheus at ``url``: basic auth or a static bearer token (e.g. for
+    an auth proxy in front of it), and the CA bundle its TLS certificate chains to."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"JANITOR_PROMETHEUS_URL={display_url(url)!r} is not an http(s):// URL"
+        )
+    if token and username:
+        raise ConfigurationError(
+            "JANITOR_PROMETHEUS_TOKEN and JANITOR_PROMETHEUS_USERNAME are both set: "
+            "choose bearer token or basic auth"
+        )
+    if password and not username:
+        raise ConfigurationError("JANITOR_PROMETHEUS_PASSWORD is set without a username")
+    if ca_bundle is not None and not ca_bundle.exists():
+        raise ConfigurationError(f"JANITOR_PROMETHEUS_CA_BUNDLE={str(ca_bundle)!r} does not exist")
+    session = make_session(replace(PROMETHEUS_HTTP, ca_bundle=ca_bundle))
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    elif username:
+        session.auth = (username, password or "")
+    return session
+
+
+def display_url(url: str) -> str:
+    """``url`` without user info: the event target and error texts never carry secrets."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_metrics(client: requests.Session, *, url: str, expected_days: int) -> list[Step]:
+    """The ``metrics.retention.check`` step for the Prometheus at ``url``."""
+    return [_check(display_url(url), lambda: read_retention(client, url), expected_days)]
+
+
+def prometheus_problems(client: requests.Session, url: str) -> list[str]:
+    """What keeps ``janitor check`` from reading the retention at ``url`` (empty when it can).
+    A mismatch is not a problem here: it is the run's finding, not a setup error."""
+    return _problems(lambda: read_retention(client, url))
+
+
+def read_retention(client: requests.Session, url: str) -> Retention:
+    """The retention Prometheus applies. ``runtimeinfo`` shows the effective value (the 15d
+    default included, where ``flags`` reads ``0s``); servers without it fall back to flags."""
+    try:
+        info = _api_data(client, url, "/api/v1/status/runtimeinfo")
+    except _EndpointMissing:
+        info = {}
+    text = info.get("storageRetention")
+    # Agent mode, and servers older than the field or the endpoint, leave it empty: the
+    # flags tell which.
+    if not isinstance(text, str) or not text:
+        return retention_from_flags(client, url)
+    return _parse_storage_retention(text, display_url(url))
+
+
+def retention_from_flags(client: requests.Session, url: str) -> Retention:
+    """The retention the command-line flags of the Prometheus at ``url`` imply."""
+    flags = _api_data(client, url, "/api/v1/status/flags")
+    where = display_url(url)
+    if "agent" in str(flags.get("enable-feature", "")).split(","):
+        raise RetentionUnreadable(
+            f"Prometheus at {where} runs in agent mode and keeps no metrics: point "
+            "JANITOR_PROMETHEUS_URL at the Prometheus server that stores them"
+        )
+    if not any(key in flags for key in (_TIME_FLAG, _DEPRECATED_TIME_FLAG, _SIZE_FLAG)):
+        raise RetentionUnreadable(
+            f"{where}/api/v1/status/flags lists no storage.tsdb.retention flags: "
+            "is JANITOR_PROMETHEUS_URL a Prometheus server?"
+        )
+
+    def flag(name: str) -> str | None:
+        value = flags.get(name)
+        return value if isinstance(value, str) else None
+
+    return effective_retention(
+        time=flag(_TIME_FLAG),
+        deprecated_time=flag(_DEPRECATED_TIME_FLAG),
+        size=flag(_SIZE_FLAG),
+        where=where,
+    )
+
+
+def effective_retention(
+    *, time: str | None, deprecated_time: str | None, size: str | None, where: str
+) -> Retention:
+    """The retention Prometheus derives from its flags, as its main.go does: the time flag
+    wins over the deprecated ``storage.tsdb.retention``; with neither and no size limit, the
+    15d default applies. Unset flags read ``0s`` / ``0B`` on the flags endpoint."""
+    limit = _size_limit(size, f"{_SIZE_FLAG} of {where}")
+    for name, value in ((_TIME_FLAG, time), (_DEPRECATED_TIME_FLAG, deprecated_time)):
+        duration = _duration(value, f"{name} of {where}")
+        if duration:
+            return Retention(duration, limit)
+    if limit is not None:
+        return Retention(None, limit)
+    return Retention(PROMETHEUS_DEFAULT, None, "Prometheus' default: no retention time is set")
+
+
+def check_kubernetes_metrics(
+    api_client: k8s.ApiClient, *, namespace: str, name: str, kind: Kind, expected_days: int
+) -> list[Step]:
+    """The ``metrics.retention.check`` step for the Prometheus that a Prometheus Operator
+    resource (``kind="prometheus"``) or a StatefulSet (``kind="statefulset"``) defines."""
+    target = kubernetes_target(namespace=namespace, name=name, kind=kind)
+
+    def read() -> Retention:
+        return kubernetes_retention(api_client, namespace=namespace, name=name, kind=kind)
+
+    return [_check(target, read, expected_days)]
+
+
+def kubernetes_prometheus_problems(
+    api_client: k8s.ApiClient, *, namespace: str, name: str, kind: Kind
+) -> list[str]:
+    """What keeps ``janitor check`` from reading the retention from Kubernetes."""
+    return _problems(
+        lambda: kubernetes_retention(api_client, namespace=namespace, name=name, kind=kind)
+    )
+
+
+def kubernetes_target(*, namespace: str, name: str, kind: Kind) -> str:
+    """The event target for a Kubernetes source, e.g. ``kubernetes:monitoring/prometheus/k8s``."""
+    return f"kubernetes:{namespace}/{kind}/{name}"
+
+
+def kubernetes_retention(
+    api_client: k8s.ApiClient, *, namespace: str, name: str, kind: Kind
+) -> Retention:
+    """The retention the named resource gives Prometheus, read through the Kubernetes API."""
+    where = f"{kind} {namespace}/{name}"
+    try:
+        if kind == "prometheus":
+            resource = k8s.CustomObjectsApi(api_client).get_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", namespace, "prometheuses", name
+            )
+            return _operator_retention(resource, where)
+        stateful_set = k8s.AppsV1Api(api_client).read_namespaced_stateful_set(name, namespace)
+        return _stateful_set_retention(stateful_set, where)
+    except ApiException as exc:
+        raise RetentionUnreadable(_api_exception_text(exc, kind, where)) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        host = api_client.configuration.host
+        raise RetentionUnreadable(f"cannot reach the Kubernetes API at {host}: {exc}") from exc
+
+
+def _check(target: str, read: Callable[[], Retention], expected_days: int) -> Step:
+    expected = timedelta(days=expected_days)
+    fields: dict[str, Any] = {"expected": format_duration(expected), "actual": None}
+    try:
+        retention = read()
+    except RetentionUnreadable as exc:
+        return _step(target, fields, Result("failed", error=str(exc)))
+    if retention.time is not None:
+        fields["actual"] = format_duration(retention.time)
+    if retention.size is not None:
+        # A size limit may delete data before the time limit does: dashboards see it here.
+        fields["size_limit"] = retention.size
+    return _step(target, fields, _judge(retention, expected))
+
+
+def _judge(retention: Retention, expected: timedelta) -> Result:
+    want = format_duration(expected)
+    fix = f"set the Prometheus retention time to {want}"
+    if retention.time is None:
+        return Result(
+            "mismatch",
+            reason=f"size-only retention ({retention.size}), no time limit: {fix}",
+        )
+    if retention.time == expected:
+        return Result("ok")
+    keeps = format_duration(retention.time)
+    if retention.size is not None:
+        keeps += f" (or less, once {retention.size} are used)"
+    if retention.note is not None:
+        keeps += f" ({retention.note})"
+    return Result("mismatch", reason=f"Prometheus keeps {keeps}, configured {want}: {fix}")
+
+
+def _step(target: str, fields: Mapping[str, Any], result: Result) -> Step:
+    return final(Action(event=EVENT, target=target, planned=result, fields=fields))
+
+
+def _problems(read: Callable[[], Retention]) -> list[str]:
+    try:
+        read()
+    except RetentionUnreadable as exc:
+        return [str(exc)]
+    return []
+
+
+def _api_data(client: requests.Session, url: str, path: str) -> dict[str, Any]:
+    """The ``data`` of a Prometheus API answer."""
+    where = display_url(url).rstrip("/") + path
+    try:
+        # Passed per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a
+        # session's CA bundle (psf/requests#3829, #4726).
+        response = client.get(url.rstrip("/") + path, verify=client.verify)
+    except requests.exceptions.SSLError as exc:
+        raise RetentionUnreadable(
+            f"TLS verification of {where} failed: {_cause(exc)}; set "
+            "JANITOR_PROMETHEUS_CA_BUNDLE to the CA that signed its certificate"
+        ) from exc
+    except requests.RequestException as exc:
+        raise RetentionUnreadable(f"cannot reach Prometheus at {where}: {_cause(exc)}") from exc
+    status = response.status_code
+    if status in (401, 403):
+        raise RetentionUnreadable(
+            f"{where} answered HTTP {status} {response.reason}: the credentials "
+            "(JANITOR_PROMETHEUS_USERNAME / _PASSWORD or _TOKEN) are missing, wrong or "
+            "not allowed to read the status API"
+        )
+    if status == 404:
+        raise _EndpointMissing(
+            f"{where} answered HTTP 404: is JANITOR_PROMETHEUS_URL the Prometheus server, "
+            "with its route prefix?"
+        )
+    if status >= 500:
+        raise RetentionUnreadable(f"{where} answered HTTP {status}: {response.text[:200]}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
+        kind = response.headers.get("Content-Type", "no content type")
+        raise RetentionUnreadable(
+            f"{where} did not answer like the Prometheus API (HTTP {status}, {kind}): "
+            "is JANITOR_PROMETHEUS_URL the Prometheus server, with its route prefix?"
+        )
+    data = body.get("data")
+    if body["status"] != "success" or status != 200 or not isinstance(data, dict):
+        raise RetentionUnreadable(
+            f"{where} answered HTTP {status}: {body.get('error') or 'no status data'}"
+        )
+    return data
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The innermost reason of a requests error, without urllib3's connection-object noise."""
+    reason: BaseException = exc
+    while True:
+        inner = getattr(reason, "reason", None)
+        if not isinstance(inner, BaseException) and reason.args:
+            inner = reason.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        reason = inner
+    text = re.sub(r"^HTTPS?Connection(?:Pool)?\([^)]*\): ", "", str(reason))
+    return text or type(reason).__name__
+
+
+def _parse_storage_retention(text: str, where: str) -> Retention:
+    """runtimeinfo's ``storageRetention``: ``15d``, ``10GiB`` or ``15d or 10GiB``."""
+    parts = text.split(" or ")
+    size = parts.pop() if _SIZE.fullmatch(parts[-1]) else None
+    if len(parts) > 1:
+        raise RetentionUnreadable(f"unexpected storageRetention {text!r} from {where}")
+    time = _duration(parts[0], f"storageRetention of {where}") if parts else None
+    return Retention(time, size)
+
+
+def _duration(text: str | None, what: str) -> timedelta | None:
+    if text is None or not text:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise RetentionUnreadable(f"{what}: {exc}") from exc
+
+
+def _size_limit(text: str | None, what: str) -> str | None:
+    """``text`` when it sets a size limit; None when unset or zero (``0B`` means no limit)."""
+    if text is None or _ZERO_SIZE.fullmatch(text):
+        return None
+    if not _SIZE.fullmatch(text):
+        raise RetentionUnreadable(f"{what}: not a byte size: {text!r}")
+    return text
+
+
+def _operator_retention(resource: object, where: str) -> Retention:
+    spec = resource.get("spec") if isinstance(resource, dict) else None
+    if not isinstance(spec, dict):
+        raise RetentionUnreadable(
+            f"{where} has no spec: is it a monitoring.coreos.com/v1 Prometheus?"
+        )
+    retention, size = spec.get("retention"), spec.get("retentionSize")
+    limit = _size_limit(size if isinstance(size, str) else None, f"spec.retentionSize of {where}")
+    duration = _duration(
+        retention if isinstance(retention, str) else None, f"spec.retention of {where}"
+    )
+    # "0s" means unset, as for the Prometheus flag the operator passes it to.
+    if duration:
+        return Retention(duration, limit)
+    if limit is not None:
+        return Retention(None, limit)
+    return Retention(
+        OPERATOR_DEFAULT, None, "the Prometheus Operator's default: spec.retention is unset"
+    )
+
+
+def _stateful_set_retention(stateful_set: k8s.V1StatefulSet, where: str) -> Retention:
+    pod = stateful_set.spec.template.spec if stateful_set.spec is not None else None
+    containers: Sequence[k8s.V1Container] = pod.containers if pod is not None else []
+    found = [c for c in containers if c.name == "prometheus"] or [
+        c for c in containers if any(a.startswith("--storage.tsdb.") for a in _command_line(c))
+    ]
+    if not found:
+        raise RetentionUnreadable(
+            f"{where} has no container named prometheus nor one with --storage.tsdb flags"
+        )
+    flags = _flag_values(_command_line(found[0]))
+    return effective_retention(
+        time=flags.get(_TIME_FLAG),
+        deprecated_time=flags.get(_DEPRECATED_TIME_FLAG),
+        size=flags.get(_SIZE_FLAG),
+        where=where,
+    )
+
+
+def _command_line(container: k8s.V1Container) -> list[str]:
+    return [*(container.command or []), *(container.args or [])]
+
+
+def _flag_values(arguments: Sequence[str]) -> dict[str, str]:
+    """``--name=value`` and ``--name value`` arguments, as Prometheus' flag parser reads them."""
+    values: dict[str, str] = {}
+    for index, argument in enumerate(arguments):
+        if not argument.startswith("--"):
+            continue
+        name, equals, value = argument[2:].partition("=")
+        if equals:
+            values[name] = value
+        elif index + 1 < len(arguments) and not arguments[index + 1].startswith("-"):
+            values[name] = arguments[index + 1]
+    return values
+
+
+def _api_exception_text(exc: ApiException, kind: Kind, where: str) -> str:
+    status = exc.status
+    if status == 404:
+        return f"{where} not found (HTTP 404): check JANITOR_PROMETHEUS_NAMESPACE / _NAME / _KIND"
+    if status == 401:
+        return (
+            f"the Kubernetes API rejected the janitor's credentials (HTTP 401) reading {where}: "
+            "check its service account token"
+        )
+    if status == 403:
+        resource = (
+            "prometheuses.monitoring.coreos.com" if kind == "prometheus" else "statefulsets.apps"
+        )
+        return (
+            f"the Kubernetes API refused to read {where} (HTTP 403): the janitor's "
+            f"service account needs get on {resource} in that namespace"
+        )
+    return f"the Kubernetes API answered HTTP {status} {exc.reason} reading {where}"

@@ -1,0 +1,581 @@
+"""metrics.retention.check against real Prometheus servers (and, for the kubernetes source, a
+loopback Kubernetes API answering the client's exact GETs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from janitor.errors import ConfigurationError
+from janitor.plan import Action, Outcome, Result
+from janitor.sweepers.metrics import (
+    EVENT,
+    Kind,
+    check_kubernetes_metrics,
+    check_metrics,
+    connect_prometheus,
+    kubernetes_prometheus_problems,
+    prometheus_problems,
+    read_retention,
+    retention_from_flags,
+)
+from tests.prometheus_server import (
+    LoopbackServer,
+    Tls,
+    bearer_proxy,
+    free_port,
+    kubernetes_api,
+    login_page,
+    make_tls,
+    running_prometheus,
+    serving,
+    web_config,
+)
+
+FIX = "set the Prometheus retention time to 15d"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A Prometheus started with ``flags`` and the check it earns against a 15-day window."""
+
+    flags: tuple[str, ...]
+    outcome: Outcome
+    actual: str | None
+    size_limit: str | None = None
+    reason: str | None = None
+
+
+CASES = {
+    "15d": Case(("--storage.tsdb.retention.time=15d",), "ok", "15d"),
+    "2w1d": Case(("--storage.tsdb.retention.time=2w1d",), "ok", "15d"),
+    "360h": Case(("--storage.tsdb.retention.time=360h",), "ok", "15d"),
+    "default": Case((), "ok", "15d"),
+    "10d": Case(
+        ("--storage.tsdb.retention.time=10d",),
+        "mismatch",
+        "10d",
+        reason=f"Prometheus keeps 10d, configured 15d: {FIX}",
+    ),
+    "2w": Case(
+        ("--storage.tsdb.retention.time=2w",),
+        "mismatch",
+        "14d",
+        reason=f"Prometheus keeps 14d, configured 15d: {FIX}",
+    ),
+    "90m": Case(
+        ("--storage.tsdb.retention.time=90m",),
+        "mismatch",
+        "1h30m",
+        reason=f"Prometheus keeps 1h30m, configured 15d: {FIX}",
+    ),
+    "deprecated flag 10d": Case(
+        ("--storage.tsdb.retention=10d",),
+        "mismatch",
+        "10d",
+        reason=f"Prometheus keeps 10d, configured 15d: {FIX}",
+    ),
+    "size-only": Case(
+        ("--storage.tsdb.retention.size=10GB",),
+        "mismatch",
+        None,
+        "10GiB",
+        reason=f"size-only retention (10GiB), no time limit: {FIX}",
+    ),
+    "15d and size": Case(
+        ("--storage.tsdb.retention.time=15d", "--storage.tsdb.retention.size=512MB"),
+        "ok",
+        "15d",
+        "512MiB",
+    ),
+    "10d and size": Case(
+        ("--storage.tsdb.retention.time=10d", "--storage.tsdb.retention.size=10GB"),
+        "mismatch",
+        "10d",
+        "10GiB",
+        reason=f"Prometheus keeps 10d (or less, once 10GiB are used), configured 15d: {FIX}",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    case: Case
+
+
+@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
+def prometheus(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One real Prometheus per case, alive while the tests of that case run."""
+    case = CASES[request.param]
+    with running_prometheus(tmp_path_factory.mktemp("prometheus") / "server", *case.flags) as url:
+        yield Server(url, case)
+
+
+@pytest.fixture(scope="module")
+def plain_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prometheus keeping 15d, without auth, for the proxy and URL stories."""
+    directory = tmp_path_factory.mktemp("plain") / "server"
+    with running_prometheus(directory, "--storage.tsdb.retention.time=15d") as url:
+        yield url
+
+
+@dataclass(frozen=True)
+class Secured:
+    url: str
+    tls: Tls
+
+
+@pytest.fixture(scope="module")
+def secured_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    """A Prometheus keeping 10d behind TLS (a private CA) and basic auth (user janitor)."""
+    directory = tmp_path_factory.mktemp("secured")
+    tls = make_tls(directory / "tls")
+    config = web_config(tls=tls, users={"janitor": "s3cret-pass"})
+    flags = ("--storage.tsdb.retention.time=10d",)
+    with running_prometheus(directory / "server", *flags, web_config=config) as url:
+        yield Secured(url, tls)
+
+
+def connect(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    ca_bundle: Path | None = None,
+) -> Any:
+    return connect_prometheus(
+        url, username=username, password=password, token=token, ca_bundle=ca_bundle
+    )
+
+
+def only_action(url: str, client: Any, expected_days: int = 15) -> Action:
+    steps = check_metrics(client, url=url, expected_days=expected_days)
+    assert len(steps) == 1
+    assert steps[0].run is None
+    (action,) = steps[0].actions
+    assert action.event == EVENT
+    assert action.deployment is None
+    assert not action.deletes
+    return action
+
+
+def test_check_reports_the_effective_retention(prometheus: Server) -> None:
+    """The event shows what the server keeps, as a duration compared with the 15-day window."""
+    action = only_action(prometheus.url, connect(prometheus.url))
+
+    case = prometheus.case
+    assert action.target == prometheus.url
+    expected_fields: dict[str, Any] = {"expected": "15d", "actual": case.actual}
+    if case.size_limit is not None:
+        expected_fields["size_limit"] = case.size_limit
+    assert dict(action.fields) == expected_fields
+    assert action.planned == Result(case.outcome, reason=case.reason)
+
+
+def test_flags_imply_what_runtimeinfo_reports(prometheus: Server) -> None:
+    """For servers without runtimeinfo, the flags fallback derives the same retention."""
+    client = connect(prometheus.url)
+
+    from_flags = retention_from_flags(client, prometheus.url)
+    effective = read_retention(client, prometheus.url)
+
+    assert (from_flags.time, from_flags.size) == (effective.time, effective.size)
+
+
+def test_preflight_finds_nothing_wrong_even_on_mismatch(prometheus: Server) -> None:
+    """`janitor check` passes whenever the retention is readable; a mismatch is a run finding."""
+    assert prometheus_problems(connect(prometheus.url), prometheus.url) == []
+
+
+def test_a_window_of_ten_days_matches_a_server_keeping_ten(secured_prometheus: Secured) -> None:
+    """Basic auth over TLS with the CA bundle reads the retention; 10d matches a 10-day window."""
+    client = connect(
+        secured_prometheus.url,
+        username="janitor",
+        password="s3cret-pass",
+        ca_bundle=secured_prometheus.tls.ca,
+    )
+
+    action = only_action(secured_prometheus.url, client, expected_days=10)
+
+    assert action.planned == Result("ok")
+    assert dict(action.fields) == {"expected": "10d", "actual": "10d"}
+
+
+def test_wrong_password_fails_without_leaking_it(secured_prometheus: Secured) -> None:
+    """A refused login fails the check with the HTTP status and names the settings to fix."""
+    client = connect(
+        secured_prometheus.url,
+        username="janitor",
+        password="not-the-pass",
+        ca_bundle=secured_prometheus.tls.ca,
+    )
+
+    action = only_action(secured_prometheus.url, client)
+
+    assert action.planned.outcome == "failed"
+    error = action.planned.error or ""
+    assert error.startswith(f"{secured_prometheus.url}/api/v1/status/runtimeinfo answered HTTP 401")
+    assert "JANITOR_PROMETHEUS_USERNAME" in error
+    assert "not-the-pass" not in error
+    assert dict(action.fields) == {"expected": "15d", "actual": None}
+
+
+def test_missing_credentials_fail_with_401(secured_prometheus: Secured) -> None:
+    """Without credentials the server answers 401, and so does `janitor check`."""
+    client = connect(secured_prometheus.url, ca_bundle=secured_prometheus.tls.ca)
+
+    problems = prometheus_problems(client, secured_prometheus.url)
+
+    assert len(problems) == 1
+    assert "answered HTTP 401 Unauthorized" in problems[0]
+
+
+def test_without_the_ca_bundle_tls_verification_fails(secured_prometheus: Secured) -> None:
+    """A private CA not given to the janitor fails the check, pointing at the CA setting."""
+    client = connect(secured_prometheus.url, username="janitor", password="s3cret-pass")
+
+    action = only_action(secured_prometheus.url, client)
+
+    assert action.planned.outcome == "failed"
+    error = action.planned.error or ""
+    assert error.startswith(f"TLS verification of {secured_prometheus.url}/api/v1/status/")
+    assert "CERTIFICATE_VERIFY_FAILED" in error
+    assert "JANITOR_PROMETHEUS_CA_BUNDLE" in error
+
+
+def test_credentials_in_the_url_stay_out_of_the_target(secured_prometheus: Secured) -> None:
+    """user:password@ in the URL authenticates, but the event target shows the bare URL."""
+    host = secured_prometheus.url.removeprefix("https://")
+    url = f"https://janitor:s3cret-pass@{host}"
+    client = connect(url, ca_bundle=secured_prometheus.tls.ca)
+
+    action = only_action(url, client, expected_days=10)
+
+    assert action.target == secured_prometheus.url
+    assert action.planned == Result("ok")
+
+
+def test_bearer_token_passes_an_auth_proxy(plain_prometheus: str) -> None:
+    """A static bearer token reaches Prometheus through a token-checking proxy."""
+    with serving(bearer_proxy(plain_prometheus, "proxy-token")) as proxy:
+        action = only_action(proxy.url, connect(proxy.url, token="proxy-token"))
+
+    assert action.planned == Result("ok")
+    assert dict(action.fields) == {"expected": "15d", "actual": "15d"}
+    assert [r.headers["authorization"] for r in proxy.requests] == ["Bearer proxy-token"]
+
+
+def test_wrong_bearer_token_fails(plain_prometheus: str) -> None:
+    """The proxy's 401 for a wrong token fails the check and names the token setting."""
+    with serving(bearer_proxy(plain_prometheus, "proxy-token")) as proxy:
+        action = only_action(proxy.url, connect(proxy.url, token="stale-token"))
+
+    assert action.planned.outcome == "failed"
+    assert "answered HTTP 401" in (action.planned.error or "")
+    assert "_TOKEN" in (action.planned.error or "")
+    assert "stale-token" not in (action.planned.error or "")
+
+
+def test_unreachable_prometheus_fails_naming_the_address() -> None:
+    """Nothing listening on the port: the check fails with the refused connection."""
+    url = f"http://127.0.0.1:{free_port()}"
+
+    action = only_action(url, connect(url))
+
+    assert action.planned.outcome == "failed"
+    assert action.planned.error == (
+        f"cannot reach Prometheus at {url}/api/v1/status/runtimeinfo: "
+        "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+
+
+def test_a_login_page_is_not_prometheus() -> None:
+    """An HTML page answering 200 (an SSO ingress) fails the check instead of passing it."""
+    with serving(login_page) as page:
+        action = only_action(page.url, connect(page.url))
+
+    assert action.planned.outcome == "failed"
+    assert action.planned.error == (
+        f"{page.url}/api/v1/status/runtimeinfo did not answer like the Prometheus API "
+        "(HTTP 200, text/html; charset=utf-8): is JANITOR_PROMETHEUS_URL the Prometheus "
+        "server, with its route prefix?"
+    )
+
+
+def test_a_wrong_route_prefix_fails_with_404(plain_prometheus: str) -> None:
+    """A URL path Prometheus does not serve 404s on both status endpoints: a clear failure."""
+    url = f"{plain_prometheus}/prometheus"
+
+    action = only_action(url, connect(url))
+
+    assert action.planned.outcome == "failed"
+    assert action.planned.error == (
+        f"{url}/api/v1/status/flags answered HTTP 404: is JANITOR_PROMETHEUS_URL the "
+        "Prometheus server, with its route prefix?"
+    )
+
+
+def test_an_agent_keeps_no_metrics(tmp_path: Path) -> None:
+    """Prometheus in agent mode stores nothing: the check fails, it does not pass on 15d."""
+    flags = ("--enable-feature=agent", f"--storage.agent.path={tmp_path / 'wal'}")
+    with running_prometheus(tmp_path / "agent", *flags) as url:
+        action = only_action(url, connect(url))
+
+    assert action.planned.outcome == "failed"
+    assert "runs in agent mode and keeps no metrics" in (action.planned.error or "")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"token": "t", "username": "u"},
+            "JANITOR_PROMETHEUS_TOKEN and JANITOR_PROMETHEUS_USERNAME",
+        ),
+        ({"password": "p"}, "JANITOR_PROMETHEUS_PASSWORD is set without a username"),
+        ({"ca_bundle": Path("/nonexistent/ca.pem")}, "JANITOR_PROMETHEUS_CA_BUNDLE"),
+    ],
+)
+def test_contradictory_auth_settings_are_configuration_errors(
+    settings: dict[str, Any], message: str
+) -> None:
+    """Settings that cannot work are refused before any request (exit 2)."""
+    with pytest.raises(ConfigurationError, match=message):
+        connect("http://127.0.0.1:9090", **settings)
+
+
+def test_a_url_that_is_not_http_is_a_configuration_error_without_secrets() -> None:
+    """A non-HTTP URL is refused, and its password is not echoed back."""
+    with pytest.raises(ConfigurationError) as refused:
+        connect("ftp://janitor:hunter2@prometheus:9090")
+
+    assert "hunter2" not in str(refused.value)
+    assert "JANITOR_PROMETHEUS_URL='ftp://prometheus:9090'" in str(refused.value)
+
+
+# The kubernetes source: a Prometheus Operator resource or the StatefulSet running Prometheus.
+
+KUBE_TOKEN = "service-account-token"
+OPERATOR_PATH = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/"
+STATEFUL_SET_PATH = "/apis/apps/v1/namespaces/astronomer/statefulsets/"
+
+
+def operator_prometheus(name: str, **spec: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": name, "namespace": "monitoring"},
+        "spec": {"replicas": 1, **spec},
+    }
+
+
+def stateful_set(name: str, containers: dict[str, list[str]]) -> dict[str, Any]:
+    labels = {"component": "prometheus"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": "astronomer"},
+        "spec": {
+            "serviceName": name,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {"name": container, "image": f"example/{container}", "args": args}
+                        for container, args in containers.items()
+                    ]
+                },
+            },
+        },
+    }
+
+
+# As Astronomer's chart renders it: reloader sidecars first, Prometheus last.
+ASTRONOMER_ARGS = [
+    "--config.file=/etc/prometheus/config/prometheus.yaml",
+    "--storage.tsdb.path=/prometheus",
+    "--storage.tsdb.retention.time=15d",
+    "--web.enable-lifecycle",
+]
+RELOADER = ["--webhook-url=http://localhost:9090/-/reload", "--volume-dir=/etc/prometheus/config"]
+
+KUBE_OBJECTS: dict[str, dict[str, Any]] = {
+    OPERATOR_PATH + "k8s": operator_prometheus("k8s", retention="15d"),
+    OPERATOR_PATH + "short": operator_prometheus("short", retention="10d", retentionSize="10GB"),
+    OPERATOR_PATH + "by-size": operator_prometheus("by-size", retentionSize="50GB"),
+    OPERATOR_PATH + "defaulted": operator_prometheus("defaulted"),
+    STATEFUL_SET_PATH + "astronomer-prometheus": stateful_set(
+        "astronomer-prometheus",
+        {"configmap-reloader": RELOADER, "prometheus": ASTRONOMER_ARGS},
+    ),
+    STATEFUL_SET_PATH + "split-args": stateful_set(
+        "split-args",
+        {"server": ["--storage.tsdb.path=/data", "--storage.tsdb.retention.time", "2w"]},
+    ),
+    STATEFUL_SET_PATH + "flagless": stateful_set(
+        "flagless", {"prometheus": ["--config.file=/etc/prometheus/prometheus.yml"]}
+    ),
+    STATEFUL_SET_PATH + "sidecars-only": stateful_set(
+        "sidecars-only", {"configmap-reloader": RELOADER}
+    ),
+    STATEFUL_SET_PATH + "locked": {
+        "kind": "Status",
+        "code": 403,
+        "reason": "Forbidden",
+        "message": 'statefulsets.apps "locked" is forbidden: User '
+        '"system:serviceaccount:astronomer:janitor" cannot get resource "statefulsets"',
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def kube_api() -> Iterator[LoopbackServer]:
+    """A loopback Kubernetes API serving the Prometheus resources above."""
+    with serving(kubernetes_api(KUBE_OBJECTS, KUBE_TOKEN)) as server:
+        yield server
+
+
+def api_client(server: LoopbackServer, token: str = KUBE_TOKEN) -> k8s.ApiClient:
+    configuration = k8s.Configuration(host=server.url, api_key={"authorization": f"Bearer {token}"})
+    return k8s.ApiClient(configuration)
+
+
+@dataclass(frozen=True)
+class KubeCase:
+    """A resource the janitor is pointed at, and the check it earns against 15 days."""
+
+    kind: Kind
+    name: str
+    outcome: Outcome
+    actual: str | None
+    text: str | None = None  # the reason on mismatch, the error on failure
+
+    @property
+    def namespace(self) -> str:
+        return "monitoring" if self.kind == "prometheus" else "astronomer"
+
+    @property
+    def path(self) -> str:
+        return (OPERATOR_PATH if self.kind == "prometheus" else STATEFUL_SET_PATH) + self.name
+
+
+KUBE_CASES = [
+    KubeCase("prometheus", "k8s", "ok", "15d"),
+    KubeCase(
+        "prometheus",
+        "short",
+        "mismatch",
+        "10d",
+        f"Prometheus keeps 10d (or less, once 10GB are used), configured 15d: {FIX}",
+    ),
+    KubeCase(
+        "prometheus",
+        "by-size",
+        "mismatch",
+        None,
+        f"size-only retention (50GB), no time limit: {FIX}",
+    ),
+    KubeCase(
+        "prometheus",
+        "defaulted",
+        "mismatch",
+        "1d",
+        "Prometheus keeps 1d (the Prometheus Operator's default: spec.retention is unset), "
+        f"configured 15d: {FIX}",
+    ),
+    KubeCase("statefulset", "astronomer-prometheus", "ok", "15d"),
+    KubeCase(
+        "statefulset",
+        "split-args",
+        "mismatch",
+        "14d",
+        f"Prometheus keeps 14d, configured 15d: {FIX}",
+    ),
+    KubeCase("statefulset", "flagless", "ok", "15d"),
+    KubeCase(
+        "statefulset",
+        "sidecars-only",
+        "failed",
+        None,
+        "statefulset astronomer/sidecars-only has no container named prometheus nor one "
+        "with --storage.tsdb flags",
+    ),
+    KubeCase(
+        "statefulset",
+        "locked",
+        "failed",
+        None,
+        "the Kubernetes API refused to read statefulset astronomer/locked (HTTP 403): the "
+        "janitor's service account needs get on statefulsets.apps in that namespace",
+    ),
+    KubeCase(
+        "statefulset",
+        "gone",
+        "failed",
+        None,
+        "statefulset astronomer/gone not found (HTTP 404): check "
+        "JANITOR_PROMETHEUS_NAMESPACE / _NAME / _KIND",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", KUBE_CASES, ids=[f"{c.kind}-{c.name}" for c in KUBE_CASES])
+def test_kubernetes_source_reads_the_declared_retention(
+    kube_api: LoopbackServer, case: KubeCase
+) -> None:
+    """The resource's retention is judged like the HTTP source's, from one GET of it."""
+    kube_api.requests.clear()
+
+    steps = check_kubernetes_metrics(
+        api_client(kube_api),
+        namespace=case.namespace,
+        name=case.name,
+        kind=case.kind,
+        expected_days=15,
+    )
+
+    assert len(steps) == 1
+    (action,) = steps[0].actions
+    assert action.event == EVENT
+    assert action.target == f"kubernetes:{case.namespace}/{case.kind}/{case.name}"
+    assert action.fields["expected"] == "15d"
+    assert action.fields["actual"] == case.actual
+    assert action.planned.outcome == case.outcome
+    assert (action.planned.reason or action.planned.error) == case.text
+    assert [(r.method, r.path) for r in kube_api.requests] == [("GET", case.path)]
+
+
+def test_kubernetes_preflight_reports_a_rejected_token(kube_api: LoopbackServer) -> None:
+    """`janitor check` with a token the API refuses names the RBAC/credential problem."""
+    problems = kubernetes_prometheus_problems(
+        api_client(kube_api, token="expired"), namespace="monitoring", name="k8s", kind="prometheus"
+    )
+
+    assert problems == [
+        "the Kubernetes API rejected the janitor's credentials (HTTP 401) reading prometheus "
+        "monitoring/k8s: check its service account token"
+    ]
+
+
+def test_kubernetes_preflight_passes_for_a_readable_resource(kube_api: LoopbackServer) -> None:
+    """A readable Prometheus resource leaves nothing for `janitor check` to report."""
+    assert (
+        kubernetes_prometheus_problems(
+            api_client(kube_api),
+            namespace="astronomer",
+            name="astronomer-prometheus",
+            kind="statefulset",
+        )
+        == []
+    )
