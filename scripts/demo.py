@@ -1,0 +1,152 @@
+"""`make demo`: the janitor's main job against a local sandbox.
+
+Starts the local services, seeds a small fleet (live, recently deleted, expired,
+half-cleaned), then shows a dry run, a real run, and a second run with nothing to do.
+Everything it creates is named after the demo's releases; rerunning starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.prometheus_server import running_prometheus  # noqa: E402 - after sys.path setup
+
+ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+HOUSTON_DB = "janitor_demo_houston"
+HOUSTON = ADMIN.replace("dbname=postgres", f"dbname={HOUSTON_DB}")
+# release name -> days since soft delete (None: live); "half" = a crash left it half-cleaned
+FLEET: dict[str, float | None] = {
+    "cosmic-nebula-1234": None,
+    "solar-flare-5678": 3,
+    "dark-matter-4321": 20,
+    "quantum-orbit-8765": 40,
+    "lunar-eclipse-2468": 30,
+}
+HALF_CLEANED = "lunar-eclipse-2468"
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m=== {text} ===\033[0m" if sys.stdout.isatty() else f"\n=== {text} ===")
+    sys.stdout.flush()
+
+
+def names(release: str) -> tuple[str, list[str]]:
+    snake = release.replace("-", "_")
+    return f"{snake}_airflow", [f"{snake}_airflow", f"{snake}_celery"]
+
+
+def reset_and_seed() -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        for release in FLEET:
+            database, roles = names(release)
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
+            for role in roles:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(HOUSTON_DB))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOUSTON_DB)))
+        for release in FLEET:
+            database, roles = names(release)
+            for role in roles:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+            if release != HALF_CLEANED:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(roles[0])
+                    )
+                )
+    with psycopg.connect(HOUSTON, autocommit=True) as conn:
+        conn.execute(
+            """CREATE SCHEMA "houston$default";
+               CREATE TABLE "houston$default"."Deployment" (
+                 id text PRIMARY KEY, "releaseName" text NOT NULL UNIQUE, label text,
+                 "createdAt" timestamp(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                 "deletedAt" timestamp(3))"""
+        )
+        for number, (release, days) in enumerate(FLEET.items()):
+            conn.execute(
+                """INSERT INTO "houston$default"."Deployment" (id, "releaseName", label, "deletedAt")
+                   VALUES (%s, %s, %s, CASE WHEN %s::int IS NULL THEN NULL
+                     ELSE (now() AT TIME ZONE 'UTC') - make_interval(days => %s::int) END)""",
+                (f"demo-{number}", release, release.split("-")[0], days, days),
+            )
+    print(f'Houston database {HOUSTON_DB}, deployments table "houston$default"."Deployment":')
+    for release, days in FLEET.items():
+        state = "live" if days is None else f"deleted {days:g} days ago"
+        extra = " (a crash left it half-cleaned: database gone, roles left)"
+        print(f"  {release:<22} {state}{extra if release == HALF_CLEANED else ''}")
+
+
+def janitor(*args: str, env: dict[str, str]) -> int:
+    command = [str(ROOT / ".venv" / "bin" / "janitor"), *args, "--log-format", "console"]
+    print("$ janitor " + " ".join(args), flush=True)
+    return subprocess.run(command, env=os.environ | env, check=False).returncode
+
+
+def show_state() -> None:
+    with psycopg.connect(HOUSTON) as conn:
+        rows = [
+            r[0] for r in conn.execute('SELECT "releaseName" FROM "houston$default"."Deployment"')
+        ]
+    with psycopg.connect(ADMIN) as conn:
+        wanted = [names(r)[0] for r in FLEET]
+        dbs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname = ANY(%s) ORDER BY 1", (wanted,)
+            )
+        ]
+    print(f"rows left: {', '.join(sorted(rows))}")
+    print(f"deployment databases left: {', '.join(dbs)}")
+
+
+@contextmanager
+def services(stack: ExitStack) -> Iterator[dict[str, str]]:
+    subprocess.run(["bash", str(ROOT / "scripts" / "ensure-services.sh")], check=True)
+    sandbox = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="janitor-demo-")))
+    prometheus = stack.enter_context(
+        running_prometheus(sandbox / "prometheus", "--storage.tsdb.retention.time=15d")
+    )
+    print(f"Prometheus (retention 15d) on {prometheus}")
+    yield {
+        "JANITOR_HOUSTON_DSN": HOUSTON,
+        "JANITOR_REGISTRY_URL": "none",
+        "JANITOR_PROMETHEUS_URL": prometheus,
+    }
+
+
+def demo() -> int:
+    with ExitStack() as stack:
+        banner("Starting the local services")
+        env = stack.enter_context(services(stack))
+        banner("Seeding a small fleet")
+        reset_and_seed()
+        banner("1. Dry run: what would go (nothing changes)")
+        codes = [janitor("plan", env=env)]
+        banner("2. Real run")
+        codes.append(janitor("run", env=env))
+        show_state()
+        banner("3. Second run: nothing left to do")
+        codes.append(janitor("run", env=env))
+        show_state()
+    banner(f"Exit codes: {codes} (0 = everything done)")
+    return 0 if codes == [0, 0, 0] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(demo())
