@@ -80,7 +80,8 @@ def reset_and_seed() -> None:
         )
         for number, (release, days) in enumerate(FLEET.items()):
             conn.execute(
-                """INSERT INTO "houston$default"."Deployment" (id, "releaseName", label, "deletedAt")
+                """INSERT INTO "houston$default"."Deployment"
+                     (id, "releaseName", label, "deletedAt")
                    VALUES (%s, %s, %s, CASE WHEN %s::int IS NULL THEN NULL
                      ELSE (now() AT TIME ZONE 'UTC') - make_interval(days => %s::int) END)""",
                 (f"demo-{number}", release, release.split("-")[0], days, days),
@@ -100,9 +101,8 @@ def janitor(*args: str, env: dict[str, str]) -> int:
 
 def show_state() -> None:
     with psycopg.connect(HOUSTON) as conn:
-        rows = [
-            r[0] for r in conn.execute('SELECT "releaseName" FROM "houston$default"."Deployment"')
-        ]
+        query = 'SELECT "releaseName" FROM "houston$default"."Deployment"'
+        rows = [r[0] for r in conn.execute(query)]
     with psycopg.connect(ADMIN) as conn:
         wanted = [names(r)[0] for r in FLEET]
         dbs = [
