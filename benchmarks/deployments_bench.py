@@ -68,9 +68,7 @@ def _houston() -> Iterator[tuple[str, str]]:
                 (f"{prefix}%", houston_db),
             ).fetchall()
             for (name,) in leftovers:
-                conn.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
             for (role,) in conn.execute(
                 "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"{prefix}%",)
             ).fetchall():

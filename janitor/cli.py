@@ -13,6 +13,7 @@ from janitor import __version__
 from janitor.config import load_settings
 from janitor.errors import ConfigurationError
 from janitor.events import default_format, make_logger, new_run_id
+from janitor.lease import in_cluster_api_client
 from janitor.preflight import check
 from janitor.runner import run
 
@@ -82,4 +83,9 @@ def main(
     )
     if args.command == "check":
         return check(settings, log)
-    return run(settings, log)
+    try:
+        kube = in_cluster_api_client()
+    except ConfigurationError as exc:
+        print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    return run(settings, log, kube=kube)

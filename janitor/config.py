@@ -175,6 +175,13 @@ class Settings(BaseModel):
     prometheus_name: str = "astronomer-prometheus"
     metrics_retention_days: Days = 15
 
+    lease_name: str = "astro-janitor"
+    lease_namespace: OptStr = None
+    lease_duration_seconds: Annotated[int, BeforeValidator(_whole_number), Field(ge=15)] = 60
+    pod_name: OptStr = None
+    kubernetes_events: bool = False
+    cronjob_name: OptStr = None
+
     dry_run: bool = False
     max_deletions: Count = 0
     concurrency: Workers = 8
@@ -221,6 +228,20 @@ class Settings(BaseModel):
         if not any(code in value for code in ("%Y", "%y")) or "%d" not in value:
             raise ValueError("must contain a year (%Y or %y) and a day (%d)")
         return value
+
+    @model_validator(mode="after")
+    def _kubernetes_source_has_a_namespace(self) -> Settings:
+        if self.prometheus_source == "kubernetes" and not self.kubernetes_namespace:
+            raise ValueError(
+                "JANITOR_PROMETHEUS_SOURCE=kubernetes needs JANITOR_PROMETHEUS_NAMESPACE "
+                "(or JANITOR_LEASE_NAMESPACE, the pod's namespace)"
+            )
+        return self
+
+    @property
+    def kubernetes_namespace(self) -> str | None:
+        """Where the Prometheus resource lives: its own setting, else the pod's namespace."""
+        return self.prometheus_namespace or self.lease_namespace
 
     @model_validator(mode="after")
     def _subsystems_have_endpoints(self) -> Settings:

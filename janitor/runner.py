@@ -6,6 +6,7 @@ path with execution skipped.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -14,7 +15,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import kubernetes.config
 import psycopg
+import urllib3
+from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api
+from kubernetes.client.exceptions import ApiException
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
@@ -22,6 +27,7 @@ from janitor import __version__, houston
 from janitor.config import Settings
 from janitor.errors import ConfigurationError
 from janitor.events import Log, Recorder
+from janitor.lease import hold_lease, post_run_event
 from janitor.plan import (
     Action,
     Deployment,
@@ -81,8 +87,14 @@ def open_pool(conninfo: str, size: int, name: str) -> ConnectionPool[psycopg.Con
     )
 
 
-def run(settings: Settings, log: Log, *, clock: Clock = utc_now) -> int:
-    """Performs one run and returns its exit code; run.finished is always the last line."""
+def run(
+    settings: Settings, log: Log, *, clock: Clock = utc_now, kube: ApiClient | None = None
+) -> int:
+    """Performs one run and returns its exit code; run.finished is always the last line.
+
+    ``clock`` is the pod's clock (used only without a Houston database, and for the Lease);
+    ``kube`` is the Kubernetes API client when running in a cluster.
+    """
     started = time.monotonic()
     recorder = Recorder(log)
     log.info(
@@ -93,11 +105,13 @@ def run(settings: Settings, log: Log, *, clock: Clock = utc_now) -> int:
     )
     error: str | None = None
     try:
-        code = _run(settings, recorder, clock)
+        code = _run(settings, recorder, clock, kube)
     except ConfigurationError as exc:
         code, error = 2, str(exc)
     except psycopg.Error as exc:
         code, error = 1, f"Houston database: {houston.describe(exc)}"
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        code, error = 1, f"Kubernetes API: {_kubernetes_error(exc)}"
     finished: dict[str, Any] = {
         "counts": recorder.counts(),
         "exit_code": code,
@@ -105,11 +119,40 @@ def run(settings: Settings, log: Log, *, clock: Clock = utc_now) -> int:
     }
     if error is not None:
         finished["error"] = error
+    event_error = _post_summary_event(settings, kube, finished, code)
+    if event_error is not None:
+        finished["kubernetes_event_error"] = event_error
     (log.error if code in (1, 2) else log.info)("run.finished", **finished)
     return code
 
 
-def _run(settings: Settings, recorder: Recorder, clock: Clock) -> int:
+def _kubernetes_error(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return str(exc)
+
+
+def _post_summary_event(
+    settings: Settings, kube: ApiClient | None, finished: dict[str, Any], code: int
+) -> str | None:
+    """The optional Event on the CronJob; its failure never changes the run's exit code."""
+    namespace, cronjob = settings.lease_namespace, settings.cronjob_name
+    if kube is None or not settings.kubernetes_events or not namespace or not cronjob:
+        return None
+    try:
+        post_run_event(
+            CoreV1Api(kube),
+            namespace=namespace,
+            cronjob_name=cronjob,
+            summary=finished | {"dry_run": settings.dry_run},
+            exit_code=code,
+        )
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        return _kubernetes_error(exc)
+    return None
+
+
+def _run(settings: Settings, recorder: Recorder, clock: Clock, kube: ApiClient | None) -> int:
     dry_run = settings.dry_run
     with ExitStack() as stack:
         conninfo = settings.houston_conninfo()
@@ -121,9 +164,28 @@ def _run(settings: Settings, recorder: Recorder, clock: Clock) -> int:
                 recorder.log.info("run.skipped", reason="another run holds the run lock")
                 return 0
             stack.callback(houston.release_run_lock, main)
+        if kube is not None and settings.lease_namespace and not dry_run:
+            # SPEC.md step 1: in a cluster, also a Lease, so a manual Job and the scheduled
+            # one never work at once (even against different Houston databases).
+            held = stack.enter_context(
+                hold_lease(
+                    CoordinationV1Api(kube),
+                    namespace=settings.lease_namespace,
+                    name=settings.lease_name,
+                    holder=settings.pod_name or socket.gethostname(),
+                    duration_s=settings.lease_duration_seconds,
+                    clock=clock,
+                )
+            )
+            if not held:
+                reason = (
+                    f"another run holds the lease {settings.lease_namespace}/{settings.lease_name}"
+                )
+                recorder.log.info("run.skipped", reason=reason)
+                return 0
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
         table = houston_table(settings)
-        plan = build_plan(settings, stack, main, table, now)
+        plan = build_plan(settings, stack, main, table, now, kube=kube)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
             _refuse(plan, recorder, refusal)
@@ -147,6 +209,8 @@ def build_plan(
     main: psycopg.Connection[Any] | None,
     table: houston.Table,
     now: datetime,
+    *,
+    kube: ApiClient | None = None,
 ) -> Plan:
     """Asks every selected sweeper for its steps. A sweeper that cannot even read its
     world reports one failed event and blocks every purge; the others still run."""
@@ -170,7 +234,7 @@ def build_plan(
         if "registry" not in subsystems and not settings.registry_swept_by_definition:
             blocked.append("registry not swept")
     if "metrics" in subsystems:
-        steps += _plan_metrics(settings)
+        steps += _plan_metrics(settings, kube)
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
 
@@ -191,7 +255,15 @@ def _server(settings: Settings) -> str:
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
-def _plan_metrics(settings: Settings) -> list[Step]:
+def _plan_metrics(settings: Settings, kube: ApiClient | None) -> list[Step]:
+    if settings.prometheus_source == "kubernetes":
+        return metrics.check_kubernetes_metrics(
+            kube or _kubeconfig_client(),
+            namespace=settings.kubernetes_namespace or "",
+            name=settings.prometheus_name,
+            kind=settings.prometheus_kind,
+            expected_days=settings.metrics_retention_days,
+        )
     url = settings.prometheus_url
     if url is None:  # unreachable: the metrics subsystem requires a source
         raise ConfigurationError("JANITOR_PROMETHEUS_URL: not configured")
@@ -203,6 +275,16 @@ def _plan_metrics(settings: Settings) -> list[Step]:
         ca_bundle=settings.prometheus_ca_bundle,
     )
     return metrics.check_metrics(client, url=url, expected_days=settings.metrics_retention_days)
+
+
+def _kubeconfig_client() -> ApiClient:
+    """Outside a cluster (an operator's shell), the current kubeconfig context."""
+    try:
+        return kubernetes.config.new_client_from_config()  # type: ignore[no-untyped-call, no-any-return]
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        raise ConfigurationError(
+            f"JANITOR_PROMETHEUS_SOURCE=kubernetes outside a cluster needs a kubeconfig ({exc})"
+        ) from None
 
 
 def _plan_databases(

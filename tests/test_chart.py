@@ -1,0 +1,769 @@
+"""The Helm chart, rendered by the real Helm v4 engine and checked against the Kubernetes
+schemas, the Pod Security Standard "restricted", and promtool for the alert rules."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "chart"
+DOCS = ROOT / "docs" / "kubernetes.md"
+RELEASE = "astro-janitor"
+NAMESPACE = "astronomer"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion: before 1.29 the published
+# schema wrongly requires podFailurePolicy rules to have onPodConditions, and Helm's
+# client-side validation rejects the CronJob) and the newest one kubernetes-validate knows.
+KUBE_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
+# Helm's install order for the kinds this chart makes (helm template prints in this order).
+INSTALL_ORDER = ("ServiceAccount", "Secret", "Role", "RoleBinding", "CronJob", "PrometheusRule")
+DOCS_BEGIN = "<!-- rendered-default-manifests:begin -->"
+DOCS_END = "<!-- rendered-default-manifests:end -->"
+
+Manifest = dict[str, Any]
+
+# Everything switched away from its default: each value shows up in the container env.
+NON_DEFAULT: dict[str, Any] = {
+    "image": {"repository": "registry.example.com/platform/astro-janitor", "tag": "0.2.0"},
+    "schedule": "0 */6 * * *",
+    "timeZone": "Europe/Amsterdam",
+    "suspend": True,
+    "startingDeadlineSeconds": 600,
+    "activeDeadlineSeconds": 1800,
+    "backoffLimit": 3,
+    "successfulJobsHistoryLimit": 1,
+    "failedJobsHistoryLimit": 5,
+    "ttlSecondsAfterFinished": 86400,
+    "extraArgs": ["--only", "databases,registry"],
+    "dryRun": True,
+    "maxDeletions": 10000000,
+    "concurrency": 16,
+    "logFormat": "console",
+    "houston": {
+        "schema": "houston$prod",
+        "table": "Deployments",
+        "idColumn": "uuid",
+        "releaseColumn": "release_name",
+        "deletedColumn": "deleted_at",
+        "retentionDays": 30,
+    },
+    "airflowDatabase": {
+        "databaseTemplate": "{release}-meta",
+        "roleTemplates": ["{release}-meta", "{release_snake}_pgbouncer"],
+    },
+    "registry": {
+        "url": "https://registry.example.com",
+        "repositoryTemplate": "airflow/{release}",
+        "caBundle": {"configMapName": "platform-ca", "key": "ca.pem"},
+    },
+    "elasticsearch": {
+        "url": "https://elasticsearch.logging:9200",
+        "retentionDays": 7,
+        "indexPatterns": ["logstash-*", "airflow.*"],
+        "ageSource": "name",
+        "timestring": "%Y-%m-%d",
+        "caBundle": {"secretName": "es-http-ca"},
+    },
+    "prometheus": {
+        "url": "https://prometheus.monitoring:9090",
+        "retentionDays": 30,
+        "caBundle": {"secretName": "prometheus-ca", "key": "bundle.crt"},
+    },
+    "credentials": {
+        "houstonDsn": {"value": "postgresql://houston:s3cret@pg:5432/houston"},
+        "airflowDsn": {"existingSecret": "airflow-admin", "key": "dsn"},
+        "registryUsername": {"value": "janitor"},
+        "registryPassword": {"value": "registry-pass"},
+        "elasticsearchApiKey": {"existingSecret": "es-janitor", "key": "api-key"},
+        "prometheusToken": {"value": "prom-token"},
+    },
+    "lease": {"name": "platform-janitor-lock", "durationSeconds": 120},
+    "events": {"enabled": False},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+    "serviceAccount": {"name": "janitor-sa", "annotations": {"team": "platform"}},
+    "podLabels": {"team": "platform"},
+    "podAnnotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}
+                ]
+            }
+        }
+    },
+    "priorityClassName": "platform-low",
+    "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}],
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render_templates(
+    chart: helm.Chart, values: dict[str, Any] | None = None, release: str = RELEASE
+) -> dict[str, str]:
+    return chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
+
+
+def manifests(
+    chart: helm.Chart, values: dict[str, Any] | None = None, release: str = RELEASE
+) -> list[Manifest]:
+    """Every object the chart renders, in Helm's install order."""
+    found = [
+        document
+        for path, text in render_templates(chart, values, release).items()
+        if path.endswith((".yaml", ".yml"))
+        for document in yaml.safe_load_all(text)
+        if document
+    ]
+    return sorted(found, key=lambda m: (INSTALL_ORDER.index(m["kind"]), m["metadata"]["name"]))
+
+
+def one(found: list[Manifest], kind: str) -> Manifest:
+    [manifest] = [m for m in found if m["kind"] == kind]
+    return manifest
+
+
+def pod_spec(found: list[Manifest]) -> Manifest:
+    spec: Manifest = one(found, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec
+
+
+def container_env(found: list[Manifest]) -> dict[str, Any]:
+    """The janitor container's env as name -> value, or name -> valueFrom for references."""
+    [container] = pod_spec(found)["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def secret_ref(name: str, key: str, *, optional: bool | None = None) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": name, "key": key}
+    if optional is not None:
+        ref["optional"] = optional
+    return {"secretKeyRef": ref}
+
+
+def field_ref(path: str) -> dict[str, Any]:
+    return {"fieldRef": {"fieldPath": path}}
+
+
+ALLOWED_VOLUMES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
+
+
+def restricted_violations(pod: Mapping[str, Any]) -> list[str]:
+    """The checks of the Pod Security Standard "restricted" profile (latest) for one pod
+    spec, plus a read-only root filesystem; an empty list means the pod passes."""
+    problems = [f"{flag} is set" for flag in ("hostNetwork", "hostPID", "hostIPC") if pod.get(flag)]
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            problems.append(f"volume {volume['name']} uses {sorted(kinds - ALLOWED_VOLUMES)}")
+    pod_context = pod.get("securityContext", {})
+    if pod_context.get("sysctls"):
+        problems.append("sysctls are set")
+    if pod_context.get("seLinuxOptions", {}).keys() - {"type", "level"}:
+        problems.append("seLinuxOptions sets user or role")
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        problems += container_violations(container, pod_context)
+    return problems
+
+
+def container_violations(container: Mapping[str, Any], pod_context: Mapping[str, Any]) -> list[str]:
+    context = container.get("securityContext", {})
+    effective = {**pod_context, **context}
+    capabilities = context.get("capabilities", {})
+    seccomp = (effective.get("seccompProfile") or {}).get("type")
+    checks = {
+        "privileged": bool(context.get("privileged")),
+        "allowPrivilegeEscalation is not false": context.get("allowPrivilegeEscalation")
+        is not False,
+        "capabilities do not drop ALL": "ALL" not in capabilities.get("drop", []),
+        "adds capabilities": bool(set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}),
+        "runAsNonRoot is not true": effective.get("runAsNonRoot") is not True,
+        "runAsUser is 0": effective.get("runAsUser") == 0,
+        f"seccompProfile is {seccomp}": seccomp not in ("RuntimeDefault", "Localhost"),
+        "procMount": context.get("procMount", "Default") != "Default",
+        "hostPort": any("hostPort" in port for port in container.get("ports", [])),
+        "root filesystem is writable": context.get("readOnlyRootFilesystem") is not True,
+    }
+    return [f"{container['name']}: {problem}" for problem, failed in checks.items() if failed]
+
+
+def test_default_render_is_valid_against_the_kubernetes_schemas(chart: helm.Chart) -> None:
+    """A plain `helm install` makes a CronJob, its ServiceAccount and a Role/RoleBinding,
+    all valid (strict: no unknown fields) for the oldest and newest supported Kubernetes."""
+    found = manifests(chart)
+    assert [m["kind"] for m in found] == ["ServiceAccount", "Role", "RoleBinding", "CronJob"]
+    for manifest in found:
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_non_default_render_is_valid_against_the_kubernetes_schemas(chart: helm.Chart) -> None:
+    """With every knob turned, the chart adds its credentials Secret and the PrometheusRule,
+    and every built-in kind still validates strictly."""
+    found = manifests(chart, NON_DEFAULT)
+    assert [m["kind"] for m in found] == [
+        "ServiceAccount",
+        "Secret",
+        "Role",
+        "RoleBinding",
+        "CronJob",
+        "PrometheusRule",
+    ]
+    for manifest in found:
+        if manifest["kind"] == "PrometheusRule":
+            continue  # a CRD: its rules are checked by promtool below
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_default_cronjob_schedule_and_every_default_in_the_env(chart: helm.Chart) -> None:
+    """Defaults: daily run, Forbid, 15-day windows everywhere, no endpoint configured (so no
+    subsystem runs until one is set), and the lease wired from the downward API."""
+    found = manifests(chart)
+    cronjob = one(found, "CronJob")
+    assert cronjob["metadata"]["name"] == RELEASE
+    spec = cronjob["spec"]
+    job = spec["jobTemplate"]["spec"]
+    assert {k: v for k, v in spec.items() if k != "jobTemplate"} == {
+        "schedule": "30 3 * * *",
+        "timeZone": "Etc/UTC",
+        "suspend": False,
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+    }
+    assert job["activeDeadlineSeconds"] == 10800
+    assert job["backoffLimit"] == 1
+    assert "ttlSecondsAfterFinished" not in job
+    assert job["podFailurePolicy"]["rules"] == [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "janitor", "operator": "In", "values": [2, 3, 4]},
+        }
+    ]
+    pod = pod_spec(found)
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == RELEASE
+    assert pod["automountServiceAccountToken"] is True
+    [container] = pod["containers"]
+    assert container["image"] == "astro-janitor:0.1.0"
+    assert container["args"] == ["run"]
+    assert container_env(found) == {
+        "JANITOR_HOUSTON_SCHEMA": "houston$default",
+        "JANITOR_HOUSTON_TABLE": "Deployment",
+        "JANITOR_HOUSTON_ID_COLUMN": "id",
+        "JANITOR_HOUSTON_RELEASE_COLUMN": "releaseName",
+        "JANITOR_HOUSTON_DELETED_COLUMN": "deletedAt",
+        "JANITOR_RETENTION_DAYS": "15",
+        "JANITOR_DATABASE_TEMPLATE": "{release_snake}_airflow",
+        "JANITOR_ROLE_TEMPLATES": "{release_snake}_airflow,{release_snake}_celery",
+        "JANITOR_REGISTRY_REPOSITORY_TEMPLATE": "{release}/airflow",
+        "JANITOR_LOG_RETENTION_DAYS": "15",
+        "JANITOR_LOG_INDEX_PATTERNS": "fluentd.*,vector.*",
+        "JANITOR_LOG_AGE_SOURCE": "creation_date",
+        "JANITOR_LOG_TIMESTRING": "%Y.%m.%d",
+        "JANITOR_METRICS_RETENTION_DAYS": "15",
+        "JANITOR_DRY_RUN": "false",
+        "JANITOR_MAX_DELETIONS": "0",
+        "JANITOR_CONCURRENCY": "8",
+        "JANITOR_LOG_FORMAT": "json",
+        "JANITOR_LEASE_NAME": RELEASE,
+        "JANITOR_LEASE_NAMESPACE": field_ref("metadata.namespace"),
+        "JANITOR_POD_NAME": field_ref("metadata.name"),
+        "JANITOR_LEASE_DURATION_SECONDS": "60",
+        "JANITOR_KUBERNETES_EVENTS": "true",
+        "JANITOR_CRONJOB_NAME": RELEASE,
+    }
+
+
+def test_every_value_is_wired_into_the_container(chart: helm.Chart) -> None:
+    """Each non-default value lands in its JANITOR_* variable (numbers as plain integers,
+    lists comma-joined), credentials as Secret references, CA bundles as mounted files."""
+    found = manifests(chart, NON_DEFAULT)
+    made = f"{RELEASE}-credentials"
+    env = container_env(found)
+    assert env == {
+        "JANITOR_HOUSTON_DSN": secret_ref(made, "houston-dsn"),
+        "JANITOR_AIRFLOW_DSN": secret_ref("airflow-admin", "dsn"),
+        "JANITOR_REGISTRY_USERNAME": secret_ref(made, "registry-username"),
+        "JANITOR_REGISTRY_PASSWORD": secret_ref(made, "registry-password"),
+        "JANITOR_ELASTICSEARCH_API_KEY": secret_ref("es-janitor", "api-key"),
+        "JANITOR_PROMETHEUS_TOKEN": secret_ref(made, "prometheus-token"),
+        "JANITOR_HOUSTON_SCHEMA": "houston$prod",
+        "JANITOR_HOUSTON_TABLE": "Deployments",
+        "JANITOR_HOUSTON_ID_COLUMN": "uuid",
+        "JANITOR_HOUSTON_RELEASE_COLUMN": "release_name",
+        "JANITOR_HOUSTON_DELETED_COLUMN": "deleted_at",
+        "JANITOR_RETENTION_DAYS": "30",
+        "JANITOR_DATABASE_TEMPLATE": "{release}-meta",
+        "JANITOR_ROLE_TEMPLATES": "{release}-meta,{release_snake}_pgbouncer",
+        "JANITOR_REGISTRY_URL": "https://registry.example.com",
+        "JANITOR_REGISTRY_REPOSITORY_TEMPLATE": "airflow/{release}",
+        "JANITOR_REGISTRY_CA_BUNDLE": "/etc/janitor/ca/registry/ca.pem",
+        "JANITOR_ELASTICSEARCH_URL": "https://elasticsearch.logging:9200",
+        "JANITOR_ELASTICSEARCH_CA_BUNDLE": "/etc/janitor/ca/elasticsearch/ca.crt",
+        "JANITOR_LOG_RETENTION_DAYS": "7",
+        "JANITOR_LOG_INDEX_PATTERNS": "logstash-*,airflow.*",
+        "JANITOR_LOG_AGE_SOURCE": "name",
+        "JANITOR_LOG_TIMESTRING": "%Y-%m-%d",
+        "JANITOR_PROMETHEUS_URL": "https://prometheus.monitoring:9090",
+        "JANITOR_PROMETHEUS_CA_BUNDLE": "/etc/janitor/ca/prometheus/bundle.crt",
+        "JANITOR_METRICS_RETENTION_DAYS": "30",
+        "JANITOR_DRY_RUN": "true",
+        "JANITOR_MAX_DELETIONS": "10000000",
+        "JANITOR_CONCURRENCY": "16",
+        "JANITOR_LOG_FORMAT": "console",
+        "JANITOR_LEASE_NAME": "platform-janitor-lock",
+        "JANITOR_LEASE_NAMESPACE": field_ref("metadata.namespace"),
+        "JANITOR_POD_NAME": field_ref("metadata.name"),
+        "JANITOR_LEASE_DURATION_SECONDS": "120",
+        "JANITOR_KUBERNETES_EVENTS": "false",
+        "JANITOR_CRONJOB_NAME": RELEASE,
+        "HTTPS_PROXY": "http://proxy.internal:3128",
+    }
+    secret = one(found, "Secret")
+    assert secret["metadata"]["name"] == made
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        "houston-dsn": "postgresql://houston:s3cret@pg:5432/houston",
+        "registry-username": "janitor",
+        "registry-password": "registry-pass",
+        "prometheus-token": "prom-token",
+    }
+
+    pod = pod_spec(found)
+    [container] = pod["containers"]
+    assert container["image"] == "registry.example.com/platform/astro-janitor:0.2.0"
+    assert container["args"] == ["run", "--only", "databases,registry"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {
+        "tmp": "/tmp",  # noqa: S108 (the pod's emptyDir mount point, not a temp file here)
+        "registry-ca": "/etc/janitor/ca/registry",
+        "elasticsearch-ca": "/etc/janitor/ca/elasticsearch",
+        "prometheus-ca": "/etc/janitor/ca/prometheus",
+    }
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["registry-ca"]["configMap"] == {
+        "name": "platform-ca",
+        "items": [{"key": "ca.pem", "path": "ca.pem"}],
+    }
+    assert volumes["prometheus-ca"]["secret"] == {
+        "secretName": "prometheus-ca",
+        "items": [{"key": "bundle.crt", "path": "bundle.crt"}],
+    }
+    assert container["resources"] == NON_DEFAULT["resources"]
+    assert pod["serviceAccountName"] == "janitor-sa"
+    assert pod["nodeSelector"] == NON_DEFAULT["nodeSelector"]
+    assert pod["tolerations"] == NON_DEFAULT["tolerations"]
+    assert pod["affinity"] == NON_DEFAULT["affinity"]
+    assert pod["priorityClassName"] == "platform-low"
+    template = one(found, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+    assert template["labels"]["team"] == "platform"
+    assert template["annotations"] == NON_DEFAULT["podAnnotations"]
+
+    cronjob = one(found, "CronJob")["spec"]
+    job = cronjob["jobTemplate"]["spec"]
+    assert (cronjob["schedule"], cronjob["timeZone"], cronjob["suspend"]) == (
+        "0 */6 * * *",
+        "Europe/Amsterdam",
+        True,
+    )
+    assert cronjob["startingDeadlineSeconds"] == 600
+    assert (cronjob["successfulJobsHistoryLimit"], cronjob["failedJobsHistoryLimit"]) == (1, 5)
+    assert (job["activeDeadlineSeconds"], job["backoffLimit"]) == (1800, 3)
+    assert job["ttlSecondsAfterFinished"] == 86400
+
+
+def test_shared_existing_secret_replaces_the_chart_made_one(chart: helm.Chart) -> None:
+    """With credentials.existingSecret every credential is read from it (optional, so keys
+    the platform does not use stay unset); a credential's own Secret still wins, and the
+    chart makes no Secret of its own, even with values left in."""
+    found = manifests(
+        chart,
+        {
+            "credentials": {
+                "existingSecret": "janitor-credentials",
+                "houstonDsn": {"existingSecret": "astronomer-houston-backend", "key": "connection"},
+                "registryPassword": {"value": "ignored-when-a-secret-is-named"},
+            }
+        },
+    )
+    assert "Secret" not in [m["kind"] for m in found]
+    env = container_env(found)
+    assert env["JANITOR_HOUSTON_DSN"] == secret_ref("astronomer-houston-backend", "connection")
+    assert env["JANITOR_REGISTRY_PASSWORD"] == secret_ref(
+        "janitor-credentials", "registry-password", optional=True
+    )
+    credential_vars = {name for name, value in env.items() if "secretKeyRef" in str(value)}
+    assert credential_vars == {
+        "JANITOR_HOUSTON_DSN",
+        "JANITOR_AIRFLOW_DSN",
+        "JANITOR_REGISTRY_USERNAME",
+        "JANITOR_REGISTRY_PASSWORD",
+        "JANITOR_REGISTRY_TOKEN",
+        "JANITOR_ELASTICSEARCH_USERNAME",
+        "JANITOR_ELASTICSEARCH_PASSWORD",
+        "JANITOR_ELASTICSEARCH_API_KEY",
+        "JANITOR_PROMETHEUS_USERNAME",
+        "JANITOR_PROMETHEUS_PASSWORD",
+        "JANITOR_PROMETHEUS_TOKEN",
+    }
+
+
+@pytest.mark.parametrize("values", [{}, NON_DEFAULT], ids=["default", "non-default"])
+def test_pod_passes_the_restricted_pod_security_standard(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    """The pod runs in a namespace enforcing PSS "restricted": non-root numeric user,
+    read-only root, no privilege escalation, ALL capabilities dropped, RuntimeDefault."""
+    pod = pod_spec(manifests(chart, values))
+    assert restricted_violations(pod) == []
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_restricted_check_catches_what_a_user_might_turn_off(chart: helm.Chart) -> None:
+    """The PSS check is not vacuous: a securityContext override that re-enables escalation
+    and a root user is reported."""
+    pod = pod_spec(
+        manifests(
+            chart,
+            {
+                "podSecurityContext": {"runAsUser": 0},
+                "securityContext": {"allowPrivilegeEscalation": True},
+            },
+        )
+    )
+    assert restricted_violations(pod) == [
+        "janitor: allowPrivilegeEscalation is not false",
+        "janitor: runAsUser is 0",
+    ]
+
+
+def test_role_grants_only_what_the_job_calls(chart: helm.Chart) -> None:
+    """The Role allows creating Leases and reading/renewing only this release's Lease, plus
+    posting Events and reading its own CronJob when events are on; nothing else."""
+    found = manifests(chart)
+    role = one(found, "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [RELEASE],
+            "verbs": ["get", "update"],
+        },
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {
+            "apiGroups": ["batch"],
+            "resources": ["cronjobs"],
+            "resourceNames": [RELEASE],
+            "verbs": ["get"],
+        },
+    ]
+    binding = one(found, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": RELEASE,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+    ]
+    assert one(found, "ServiceAccount")["automountServiceAccountToken"] is False
+
+    quiet = one(manifests(chart, NON_DEFAULT), "Role")
+    assert quiet["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["platform-janitor-lock"],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
+    """serviceAccount.create=false and rbac.create=false render only the CronJob, running as
+    the named account; leaving the name out is refused."""
+    found = manifests(
+        chart,
+        {
+            "serviceAccount": {"create": False, "name": "platform-janitor"},
+            "rbac": {"create": False},
+        },
+    )
+    assert [m["kind"] for m in found] == ["CronJob"]
+    assert pod_spec(found)["serviceAccountName"] == "platform-janitor"
+    with pytest.raises(helm.HelmRenderError, match=r"serviceAccount\.name is required"):
+        render_templates(chart, {"serviceAccount": {"create": False}})
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"houston": {"retentionDays": 0}}, r"/houston/retentionDays.*minimum"),
+        ({"houston": {"retentionDays": "abc"}}, r"/houston/retentionDays.*want integer"),
+        ({"elasticsearch": {"retentionDays": 0}}, r"/elasticsearch/retentionDays"),
+        ({"prometheus": {"retentionDays": 1.5}}, r"/prometheus/retentionDays"),
+        ({"maxDeletions": -1}, r"/maxDeletions"),
+        ({"concurrency": 0}, r"/concurrency"),
+        ({"dryRun": "yes"}, r"/dryRun"),
+        ({"logFormat": "xml"}, r"/logFormat"),
+        ({"registry": {"url": "ftp://registry"}}, r"/registry/url"),
+        ({"elasticsearch": {"ageSource": "mtime"}}, r"/elasticsearch/ageSource"),
+        ({"airflowDatabase": {"databaseTemplate": "airflow"}}, r"/airflowDatabase"),
+        ({"houston": {"retentionDay": 15}}, r"retentionDay"),
+        ({"credentials": {"houstonDsn": "postgresql://x"}}, r"/credentials/houstonDsn"),
+    ],
+)
+def test_schema_rejects_bad_values(
+    chart: helm.Chart, values: dict[str, Any], complaint: str
+) -> None:
+    """`helm install` refuses a bad value before anything reaches the cluster, naming it."""
+    with pytest.raises(helm.HelmValuesError, match=complaint):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmValuesError):
+        render_templates(chart, values)
+
+
+def test_schema_accepts_registry_none_and_the_documented_examples(chart: helm.Chart) -> None:
+    """`registry.url: none` (a platform without images) and the all-knobs values pass."""
+    chart.validate_schema({"registry": {"url": "none"}})
+    chart.validate_schema(NON_DEFAULT)
+    env = container_env(manifests(chart, {"registry": {"url": "none"}}))
+    assert env["JANITOR_REGISTRY_URL"] == "none"
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_helm_lint_is_clean(values: dict[str, Any] | None) -> None:
+    """`helm lint --strict` finds no warning or error (only the optional-icon hint)."""
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_notes_tell_how_to_start_a_manual_run_and_read_its_events(chart: helm.Chart) -> None:
+    """After install the operator sees the exact manual-run and events commands."""
+    notes = render_templates(chart)[f"{RELEASE}/templates/NOTES.txt"]
+    assert (
+        f"kubectl -n {NAMESPACE} create job --from=cronjob/{RELEASE} "
+        f"{RELEASE}-manual-$(date +%s)" in notes
+    )
+    assert f"kubectl -n {NAMESPACE} describe cronjob {RELEASE}" in notes
+    assert f"get events --field-selector involvedObject.name={RELEASE}" in notes
+    assert f"kubectl -n {NAMESPACE} get lease {RELEASE}" in notes
+
+
+def test_long_release_names_still_make_valid_job_names(chart: helm.Chart) -> None:
+    """A 53-character release name is cut so the CronJob's Job names and the manual Job
+    name from the notes fit in 63 characters."""
+    release = "platform-observability-production-eu-west-1-janitors"
+    found = manifests(chart, release=release)
+    name = one(found, "CronJob")["metadata"]["name"]
+    assert len(name) <= 52
+    notes = render_templates(chart, release=release)[f"{RELEASE}/templates/NOTES.txt"]
+    [manual] = re.findall(r"create job --from=cronjob/\S+ (\S+)-\$\(date \+%s\)", notes)
+    assert len(manual) + 1 + 10 <= 63  # a 10-digit epoch second
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    assert found, "promtool (Debian package prometheus) is installed by scripts/ensure-services.sh"
+    return found
+
+
+def test_alert_rules_fire_on_a_failed_run_and_on_two_days_without_success(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    """promtool runs the rendered alert rules over kube-state-metrics series: the failed
+    latest run alerts, a failure followed by a success does not, and no success for two
+    days alerts unless the CronJob is suspended."""
+    rule = one(manifests(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    subprocess.run([promtool(), "check", "rules", str(rules)], check=True, capture_output=True)
+
+    ns, cj = f'namespace="{NAMESPACE}"', f'cronjob="{RELEASE}"'
+    hour, day = 3600, 86400
+
+    def job(name: str, started: int, failed: bool) -> list[dict[str, str]]:
+        labels = f'{ns}, job_name="{name}"'
+        return [
+            {"series": f"kube_job_status_start_time{{{labels}}}", "values": f"{started}x60"},
+            {
+                "series": f'kube_job_failed{{{labels}, condition="true"}}',
+                "values": f"{int(failed)}x60",
+            },
+            {
+                "series": (
+                    f'kube_job_owner{{{labels}, owner_kind="CronJob", owner_name="{RELEASE}"}}'
+                ),
+                "values": "1x60",
+            },
+        ]
+
+    def cronjob(created: int, last_success: int | None, suspended: bool) -> list[dict[str, str]]:
+        series = [
+            {"series": f"kube_cronjob_created{{{ns}, {cj}}}", "values": f"{created}x4800"},
+            {
+                "series": f"kube_cronjob_spec_suspend{{{ns}, {cj}}}",
+                "values": f"{int(suspended)}x4800",
+            },
+        ]
+        if last_success is not None:
+            series.append(
+                {
+                    "series": f"kube_cronjob_status_last_successful_time{{{ns}, {cj}}}",
+                    "values": f"{last_success}x4800",
+                }
+            )
+        return series
+
+    failed_alert = {"alertname": "AstroJanitorJobFailed"}
+    failed_fires = [
+        {
+            "exp_labels": {"severity": "warning", "namespace": NAMESPACE},
+            "exp_annotations": {
+                "summary": "The latest astro-janitor run failed.",
+                "description": (
+                    f"A Job of CronJob {NAMESPACE}/{RELEASE} failed after the last successful "
+                    f"run. Read its log and the Events: kubectl -n {NAMESPACE} get events "
+                    f"--field-selector involvedObject.name={RELEASE}"
+                ),
+            },
+        }
+    ]
+    stale_fires = [
+        {
+            "exp_labels": {"severity": "warning", "namespace": NAMESPACE, "cronjob": RELEASE},
+            "exp_annotations": {
+                "summary": "astro-janitor has not succeeded for 48 hours.",
+                "description": (
+                    f"CronJob {NAMESPACE}/{RELEASE} has had no successful run for 48 hours: "
+                    "expired deployments, images and log indices are piling up. Start a run "
+                    "by hand and read its events."
+                ),
+            },
+        }
+    ]
+    stale_alert = {"alertname": "AstroJanitorNotSucceeded"}
+    # Samples every minute: Prometheus forgets a series 5 minutes after its last sample,
+    # and the 15-minute `for` of the staleness alert needs it present throughout.
+    tests = [
+        {  # the manual run after yesterday's success failed
+            "interval": "1m",
+            "input_series": cronjob(0, 10 * 60, False) + job(f"{RELEASE}-manual-1", 20 * 60, True),
+            "alert_rule_test": [{"eval_time": "30m", **failed_alert, "exp_alerts": failed_fires}],
+        },
+        {  # an old failure, then a successful run: nothing to say
+            "interval": "1m",
+            "input_series": cronjob(0, 30 * 60, False) + job(f"{RELEASE}-29000000", 60, True),
+            "alert_rule_test": [{"eval_time": "40m", **failed_alert, "exp_alerts": []}],
+        },
+        {  # failing since the first run ever: no success series at all
+            "interval": "1m",
+            "input_series": cronjob(0, None, False) + job(f"{RELEASE}-29000001", 60, True),
+            "alert_rule_test": [{"eval_time": "5m", **failed_alert, "exp_alerts": failed_fires}],
+        },
+        {  # last success a day after install, then nothing for two days
+            "interval": "1m",
+            "input_series": cronjob(0, 1 * day, False),
+            "alert_rule_test": [
+                {"eval_time": "72h", **stale_alert, "exp_alerts": []},
+                {"eval_time": "73h", **stale_alert, "exp_alerts": stale_fires},
+            ],
+        },
+        {  # installed and never succeeded
+            "interval": "1m",
+            "input_series": cronjob(0, None, False),
+            "alert_rule_test": [
+                {"eval_time": "47h", **stale_alert, "exp_alerts": []},
+                {"eval_time": "49h", **stale_alert, "exp_alerts": stale_fires},
+            ],
+        },
+        {  # the same, but an operator suspended the CronJob on purpose
+            "interval": "1m",
+            "input_series": cronjob(0, 2 * hour, True),
+            "alert_rule_test": [{"eval_time": "79h", **stale_alert, "exp_alerts": []}],
+        },
+    ]
+    suite = tmp_path / "tests.yaml"
+    suite.write_text(yaml.safe_dump({"rule_files": [str(rules)], "tests": tests}))
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(suite)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def default_manifests_text() -> str:
+    """`helm template astro-janitor chart -n astronomer`, as printed in docs/kubernetes.md."""
+    with helm.Chart.load(CHART) as loaded:
+        rendered = render_templates(loaded)
+    sources = sorted(
+        (
+            (INSTALL_ORDER.index(document["kind"]), path, text.strip())
+            for path, text in rendered.items()
+            if path.endswith(".yaml") and text.strip()
+            for document in [yaml.safe_load(text.split("\n---\n")[0])]
+            if document
+        ),
+    )
+    return "".join(f"---\n# Source: {path}\n{text}\n" for _, path, text in sources)
+
+
+def test_docs_show_the_current_default_render_and_it_is_valid() -> None:
+    """docs/kubernetes.md shows exactly what the chart renders with default values, and
+    that text passes the Kubernetes schema checks."""
+    text = DOCS.read_text(encoding="utf-8")
+    shown = text.split(DOCS_BEGIN, 1)[1].split(DOCS_END, 1)[0]
+    shown = shown.strip().removeprefix("```yaml").removesuffix("```").strip() + "\n"
+    assert shown == default_manifests_text(), (
+        "docs/kubernetes.md is stale: run `.venv/bin/python tests/test_chart.py`"
+    )
+    documents = [d for d in yaml.safe_load_all(shown) if d]
+    assert [d["kind"] for d in documents] == ["ServiceAccount", "Role", "RoleBinding", "CronJob"]
+    for document in documents:
+        kubernetes_validate.validate(document, KUBE_VERSIONS[-1], strict=True)
+
+
+def write_docs_render() -> None:
+    """Refresh the rendered-default block of docs/kubernetes.md after a chart change."""
+    text = DOCS.read_text(encoding="utf-8")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    block = f"{DOCS_BEGIN}\n```yaml\n{default_manifests_text()}```\n{DOCS_END}"
+    DOCS.write_text(head + block + tail, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_docs_render()
