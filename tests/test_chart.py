@@ -78,6 +78,10 @@ NON_DEFAULT: dict[str, Any] = {
         "url": "https://prometheus.monitoring:9090",
         "retentionDays": 30,
         "caBundle": {"secretName": "prometheus-ca", "key": "bundle.crt"},
+        "source": "kubernetes",
+        "kind": "prometheus",
+        "namespace": "monitoring",
+        "name": "k8s",
     },
     "credentials": {
         "houstonDsn": {"value": "postgresql://houston:s3cret@pg:5432/houston"},
@@ -227,13 +231,16 @@ def test_default_render_is_valid_against_the_kubernetes_schemas(chart: helm.Char
 
 
 def test_non_default_render_is_valid_against_the_kubernetes_schemas(chart: helm.Chart) -> None:
-    """With every knob turned, the chart adds its credentials Secret and the PrometheusRule,
-    and every built-in kind still validates strictly."""
+    """With every knob turned, the chart adds its credentials Secret, the PrometheusRule and
+    a Role/RoleBinding in Prometheus' namespace, and every built-in kind still validates
+    strictly."""
     found = manifests(chart, NON_DEFAULT)
     assert [m["kind"] for m in found] == [
         "ServiceAccount",
         "Secret",
         "Role",
+        "Role",
+        "RoleBinding",
         "RoleBinding",
         "CronJob",
         "PrometheusRule",
@@ -293,6 +300,9 @@ def test_default_cronjob_schedule_and_every_default_in_the_env(chart: helm.Chart
         "JANITOR_LOG_AGE_SOURCE": "creation_date",
         "JANITOR_LOG_TIMESTRING": "%Y.%m.%d",
         "JANITOR_METRICS_RETENTION_DAYS": "15",
+        "JANITOR_PROMETHEUS_SOURCE": "http",
+        "JANITOR_PROMETHEUS_KIND": "statefulset",
+        "JANITOR_PROMETHEUS_NAME": "astronomer-prometheus",
         "JANITOR_DRY_RUN": "false",
         "JANITOR_MAX_DELETIONS": "0",
         "JANITOR_CONCURRENCY": "8",
@@ -339,6 +349,10 @@ def test_every_value_is_wired_into_the_container(chart: helm.Chart) -> None:
         "JANITOR_PROMETHEUS_URL": "https://prometheus.monitoring:9090",
         "JANITOR_PROMETHEUS_CA_BUNDLE": "/etc/janitor/ca/prometheus/bundle.crt",
         "JANITOR_METRICS_RETENTION_DAYS": "30",
+        "JANITOR_PROMETHEUS_SOURCE": "kubernetes",
+        "JANITOR_PROMETHEUS_KIND": "prometheus",
+        "JANITOR_PROMETHEUS_NAMESPACE": "monitoring",
+        "JANITOR_PROMETHEUS_NAME": "k8s",
         "JANITOR_DRY_RUN": "true",
         "JANITOR_MAX_DELETIONS": "10000000",
         "JANITOR_CONCURRENCY": "16",
@@ -500,7 +514,11 @@ def test_role_grants_only_what_the_job_calls(chart: helm.Chart) -> None:
     ]
     assert one(found, "ServiceAccount")["automountServiceAccountToken"] is False
 
-    quiet = one(manifests(chart, NON_DEFAULT), "Role")
+    [quiet] = [
+        m
+        for m in manifests(chart, NON_DEFAULT)
+        if m["kind"] == "Role" and m["metadata"]["name"] == RELEASE
+    ]
     assert quiet["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {
@@ -510,6 +528,108 @@ def test_role_grants_only_what_the_job_calls(chart: helm.Chart) -> None:
             "verbs": ["get", "update"],
         },
     ]
+
+
+STATEFULSET_RULE = {
+    "apiGroups": ["apps"],
+    "resources": ["statefulsets"],
+    "resourceNames": ["astronomer-prometheus"],
+    "verbs": ["get"],
+}
+OPERATOR_RULE = {
+    "apiGroups": ["monitoring.coreos.com"],
+    "resources": ["prometheuses"],
+    "resourceNames": ["k8s"],
+    "verbs": ["get"],
+}
+KIND_VALUES = {
+    "statefulset": ({}, STATEFULSET_RULE),
+    "prometheus": ({"kind": "prometheus", "name": "k8s"}, OPERATOR_RULE),
+}
+
+
+def read_rules(found: list[Manifest]) -> list[tuple[str, Manifest]]:
+    """Every rule that reads a Prometheus object, with the namespace of its Role."""
+    return [
+        (role["metadata"]["namespace"], rule)
+        for role in found
+        if role["kind"] == "Role"
+        for rule in role["rules"]
+        if {"statefulsets", "prometheuses"} & set(rule["resources"])
+    ]
+
+
+@pytest.mark.parametrize("kind", KIND_VALUES)
+@pytest.mark.parametrize("namespace", ["", NAMESPACE])
+def test_kubernetes_source_in_the_release_namespace_adds_one_rule_to_the_role(
+    chart: helm.Chart, kind: str, namespace: str
+) -> None:
+    """prometheus.source=kubernetes with Prometheus next to the janitor lets the Role `get`
+    exactly that StatefulSet or Prometheus resource, and adds no other RBAC object."""
+    values, rule = KIND_VALUES[kind]
+    found = manifests(
+        chart, {"prometheus": {"source": "kubernetes", "namespace": namespace, **values}}
+    )
+    assert [m["kind"] for m in found] == ["ServiceAccount", "Role", "RoleBinding", "CronJob"]
+    role = one(found, "Role")
+    assert role["rules"][-1] == rule
+    assert read_rules(found) == [(NAMESPACE, rule)]
+    env = container_env(found)
+    assert env["JANITOR_PROMETHEUS_SOURCE"] == "kubernetes"
+    assert env["JANITOR_PROMETHEUS_KIND"] == kind
+    assert env["JANITOR_PROMETHEUS_NAME"] == rule["resourceNames"][0]
+    assert env.get("JANITOR_PROMETHEUS_NAMESPACE") == (namespace or None)
+    kubernetes_validate.validate(role, KUBE_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("kind", KIND_VALUES)
+def test_kubernetes_source_in_another_namespace_gets_its_own_role_there(
+    chart: helm.Chart, kind: str
+) -> None:
+    """Prometheus in `monitoring`: a Role there allows `get` on exactly that object, bound
+    to the janitor's ServiceAccount in the release namespace; the release Role is unchanged."""
+    values, rule = KIND_VALUES[kind]
+    found = manifests(
+        chart, {"prometheus": {"source": "kubernetes", "namespace": "monitoring", **values}}
+    )
+    assert read_rules(found) == [("monitoring", rule)]
+    placed = {(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]) for m in found}
+    assert placed == {
+        ("ServiceAccount", NAMESPACE, RELEASE),
+        ("Role", NAMESPACE, RELEASE),
+        ("RoleBinding", NAMESPACE, RELEASE),
+        ("CronJob", NAMESPACE, RELEASE),
+        ("Role", "monitoring", f"{RELEASE}-prometheus"),
+        ("RoleBinding", "monitoring", f"{RELEASE}-prometheus"),
+    }
+    [binding] = [
+        m for m in found if m["kind"] == "RoleBinding" and m["metadata"]["namespace"] != NAMESPACE
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": f"{RELEASE}-prometheus",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+    ]
+    assert container_env(found)["JANITOR_PROMETHEUS_NAMESPACE"] == "monitoring"
+    for manifest in found:
+        kubernetes_validate.validate(manifest, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_http_source_grants_no_access_to_prometheus_objects(chart: helm.Chart) -> None:
+    """The default (HTTP) source reads nothing from the cluster, so no Role allows it, even
+    with a kind, namespace and name filled in ahead of a switch; rbac.create=false leaves
+    granting to the operator."""
+    assert read_rules(manifests(chart)) == []
+    ahead = {"kind": "prometheus", "namespace": "monitoring", "name": "k8s"}
+    assert read_rules(manifests(chart, {"prometheus": ahead})) == []
+    by_hand = manifests(
+        chart,
+        {"prometheus": {"source": "kubernetes", **ahead}, "rbac": {"create": False}},
+    )
+    assert [m["kind"] for m in by_hand] == ["ServiceAccount", "CronJob"]
 
 
 def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
@@ -541,6 +661,10 @@ def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
         ({"logFormat": "xml"}, r"/logFormat"),
         ({"registry": {"url": "ftp://registry"}}, r"/registry/url"),
         ({"elasticsearch": {"ageSource": "mtime"}}, r"/elasticsearch/ageSource"),
+        ({"prometheus": {"source": "operator"}}, r"/prometheus/source"),
+        ({"prometheus": {"kind": "deployment"}}, r"/prometheus/kind"),
+        ({"prometheus": {"namespace": "Monitoring"}}, r"/prometheus/namespace"),
+        ({"prometheus": {"name": ""}}, r"/prometheus/name"),
         ({"airflowDatabase": {"databaseTemplate": "airflow"}}, r"/airflowDatabase"),
         ({"houston": {"retentionDay": 15}}, r"retentionDay"),
         ({"credentials": {"houstonDsn": "postgresql://x"}}, r"/credentials/houstonDsn"),

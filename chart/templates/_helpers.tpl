@@ -132,3 +132,24 @@ prometheusToken: JANITOR_PROMETHEUS_TOKEN
 {{- end }}
 {{- toYaml $bundles }}
 {{- end }}
+
+{{/* The namespace of the Prometheus object read with prometheus.source kubernetes. */}}
+{{- define "astro-janitor.prometheusNamespace" -}}
+{{- default .Release.Namespace .Values.prometheus.namespace }}
+{{- end }}
+
+{{/*
+The RBAC rule to read that object, by name only: the StatefulSet's container args or the
+operator resource's spec.retention (docs/metrics.md "Kubernetes source").
+*/}}
+{{- define "astro-janitor.prometheusReadRule" -}}
+{{- if eq .Values.prometheus.kind "prometheus" }}
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["prometheuses"]
+{{- else }}
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+{{- end }}
+  resourceNames: [{{ .Values.prometheus.name | quote }}]
+  verbs: ["get"]
+{{- end }}
