@@ -42,13 +42,13 @@ def _seed(houston_db: str, prefix: str, count: int) -> None:
                     sql.Identifier(f"{snake}_airflow"), sql.Identifier(f"{snake}_airflow")
                 )
             )
-    with psycopg.connect(ADMIN.replace("dbname=postgres", f"dbname={houston_db}")) as conn:
-        with conn.cursor() as cur:
-            cur.executemany(
-                'INSERT INTO "houston$default"."Deployment" VALUES (%s, %s,'
-                " (now() AT TIME ZONE 'UTC') - interval '20 days')",
-                [(str(uuid.uuid4()), f"{prefix}-{i}".replace("_", "-")) for i in range(count)],
-            )
+    houston = ADMIN.replace("dbname=postgres", f"dbname={houston_db}")
+    with psycopg.connect(houston) as conn, conn.cursor() as cur:
+        cur.executemany(
+            'INSERT INTO "houston$default"."Deployment" VALUES (%s, %s,'
+            " (now() AT TIME ZONE 'UTC') - interval '20 days')",
+            [(str(uuid.uuid4()), f"{prefix}-{i}".replace("_", "-")) for i in range(count)],
+        )
 
 
 @contextmanager
