@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import psycopg.conninfo
@@ -29,7 +29,9 @@ from pydantic import (
 )
 
 from janitor.errors import ConfigurationError
+from janitor.sweepers import logs
 
+T = TypeVar("T")
 Subsystem = Literal["databases", "registry", "logs", "metrics"]
 SUBSYSTEMS: tuple[Subsystem, ...] = ("databases", "registry", "logs", "metrics")
 ENV_PREFIX = "JANITOR_"
@@ -102,6 +104,16 @@ def check_template(template: str) -> str:
         if name not in TEMPLATE_FIELDS or spec or conv:
             raise ValueError(f"may only use {{release}} and {{release_snake}}, found {{{name}}}")
     return template
+
+
+def _sweeper_rule(rule: Callable[[T], object], value: T) -> T:
+    """Applies a sweeper's own validation at load time, so it fails before anything connects."""
+    try:
+        rule(value)
+    except ConfigurationError as exc:
+        # The sweeper names the setting itself; the loader adds name, value and source.
+        raise ValueError(str(exc).split(": ", 1)[-1]) from None
+    return value
 
 
 def render(template: str, release: str) -> str:
@@ -213,20 +225,17 @@ class Settings(BaseModel):
     @field_validator("log_index_patterns")
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("must name at least one index pattern")
         for pattern in value:
-            # A leading "-" is an exclusion and "_all"/"*" address everything: neither is a
-            # retention pattern, and hidden/system indices must stay out of reach (SPEC.md).
-            if pattern.startswith(("-", "_", ".")) or pattern.strip("*") == "":
+            # "*" alone or a leading "." addresses every index or the system ones: not a
+            # log retention pattern (hidden/system indices stay out of reach, SPEC.md).
+            if pattern.startswith(".") or pattern.strip("*") == "":
                 raise ValueError(f"pattern {pattern!r} would address more than log indices")
-        return value
+        return _sweeper_rule(logs.validate_patterns, value)
 
     @field_validator("log_timestring")
     @classmethod
     def _timestring(cls, value: str) -> str:
-        if not any(code in value for code in ("%Y", "%y")) or "%d" not in value:
-            raise ValueError("must contain a year (%Y or %y) and a day (%d)")
+        _sweeper_rule(logs.name_date_pattern, value)
         return value
 
     @model_validator(mode="after")

@@ -13,6 +13,11 @@ import psycopg
 from psycopg import sql
 
 from janitor import houston
+from janitor.clients.elasticsearch import (
+    check_elasticsearch,
+    connect_elasticsearch,
+    verify_elasticsearch,
+)
 from janitor.config import Settings
 from janitor.events import Log
 from janitor.sweepers import databases, metrics
@@ -28,6 +33,8 @@ def check(settings: Settings, log: Log) -> int:
         probes.append(("houston", lambda: houston_problems(settings, houston_info)))
     if airflow_info is not None and "databases" in settings.subsystems:
         probes.append(("airflow-databases", lambda: airflow_problems(airflow_info)))
+    if "logs" in settings.subsystems:
+        probes.append(("elasticsearch", lambda: elasticsearch_problems(settings)))
     if "metrics" in settings.subsystems and settings.prometheus_url is not None:
         probes.append(("prometheus", lambda: prometheus_problems(settings)))
     failures = 0
@@ -81,6 +88,19 @@ def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
             ).fetchone()
             if not (row and row[0]):
                 yield f"missing {privilege} on {settings.houston_schema}.{settings.houston_table}"
+
+
+def elasticsearch_problems(settings: Settings) -> list[str]:
+    url = settings.elasticsearch_url or ""
+    es = connect_elasticsearch(
+        url,
+        username=settings.elasticsearch_username,
+        password=settings.reveal("elasticsearch_password"),
+        api_key=settings.reveal("elasticsearch_api_key"),
+        ca_bundle=settings.elasticsearch_ca_bundle,
+    )
+    verify_elasticsearch(es, url)
+    return check_elasticsearch(es, settings.log_index_patterns)
 
 
 def prometheus_problems(settings: Settings) -> list[str]:

@@ -18,12 +18,16 @@ from typing import Any
 import kubernetes.config
 import psycopg
 import urllib3
+from elastic_transport import TransportError
+from elasticsearch import ApiError
 from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from janitor import __version__, houston
+from janitor.clients.elasticsearch import connect_elasticsearch, verify_elasticsearch
+from janitor.clients.elasticsearch import describe as describe_es_error
 from janitor.config import Settings
 from janitor.errors import ConfigurationError
 from janitor.events import Log, Recorder
@@ -40,7 +44,7 @@ from janitor.plan import (
     guard_refusal,
     skipped,
 )
-from janitor.sweepers import databases, metrics
+from janitor.sweepers import databases, logs, metrics
 
 Clock = Callable[[], datetime]
 GONE = frozenset({"done", "absent"})
@@ -233,6 +237,8 @@ def build_plan(
                 blocked.append("databases could not be swept")
         if "registry" not in subsystems and not settings.registry_swept_by_definition:
             blocked.append("registry not swept")
+    if "logs" in subsystems:
+        steps += _plan_logs(settings, now)
     if "metrics" in subsystems:
         steps += _plan_metrics(settings, kube)
     purge_blocked = ", ".join(blocked) if blocked else None
@@ -253,6 +259,31 @@ def _server(settings: Settings) -> str:
     """The Airflow database server as host:port/dbname, for events (no credentials)."""
     parts = conninfo_to_dict(settings.airflow_conninfo() or "")
     return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def _plan_logs(settings: Settings, now: datetime) -> list[Step]:
+    """Log indices past the window; an Elasticsearch that is not one is exit 2 (raised)."""
+    url = settings.elasticsearch_url or ""
+    es = connect_elasticsearch(
+        url,
+        username=settings.elasticsearch_username,
+        password=settings.reveal("elasticsearch_password"),
+        api_key=settings.reveal("elasticsearch_api_key"),
+        ca_bundle=settings.elasticsearch_ca_bundle,
+    )
+    try:
+        verify_elasticsearch(es, url)
+        return logs.plan_logs(
+            es,
+            patterns=settings.log_index_patterns,
+            retention_days=settings.log_retention_days,
+            age_source=settings.log_age_source,
+            timestring=settings.log_timestring,
+            now=now,
+        )
+    except (ApiError, TransportError) as exc:
+        target = ",".join(settings.log_index_patterns)
+        return [final(Action(logs.EVENT, target, failed(describe_es_error(exc))))]
 
 
 def _plan_metrics(settings: Settings, kube: ApiClient | None) -> list[Step]:

@@ -48,7 +48,7 @@ SECRET = "p4ss-w0rd"
         ({"JANITOR_DRY_RUN": "perhaps"}, "must be true or false"),
         ({"JANITOR_LOG_AGE_SOURCE": "mtime"}, "'mtime' is not one of"),
         ({"JANITOR_LOG_INDEX_PATTERNS": "*"}, "would address more than log indices"),
-        ({"JANITOR_LOG_TIMESTRING": "%H"}, "must contain a year"),
+        ({"JANITOR_LOG_TIMESTRING": "%Y.%q"}, "unsupported directive %q"),
     ],
 )
 def test_invalid_settings_exit_2_with_one_line_naming_setting_and_value(

@@ -1,0 +1,370 @@
+"""Log indices past the retention window (SPEC.md step 4, event ``logs.index.delete``).
+
+Reading costs one request: ``GET <patterns>/_settings`` filtered down to
+``index.creation_date`` and ``index.hidden`` (the cat APIs are documented as meant for
+people, not applications). A second one, ``GET _data_stream/<patterns>``, is sent only when
+that listing holds hidden or dot-named indices, the only kind that can back a data stream.
+
+Deleting costs one request per batch: ``DELETE /a,b,c`` with explicit names only (ES 8
+refuses wildcards in deletes by default, ``action.destructive_requires_name``), as many names
+as fit in Elasticsearch's 4 KB request line (``http.max_initial_line_length``). Each batch
+is one independent :class:`~janitor.plan.Step`, so the runner may send them concurrently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+from elastic_transport import TransportError
+from elasticsearch import ApiError, BadRequestError, Elasticsearch, NotFoundError
+
+from janitor.clients.elasticsearch import describe
+from janitor.errors import ConfigurationError
+from janitor.plan import (
+    ABSENT,
+    DONE,
+    PLANNED,
+    Action,
+    Result,
+    Step,
+    failed,
+    final,
+    skipped,
+)
+
+EVENT = "logs.index.delete"
+T = TypeVar("T")
+AgeSource = Literal["creation_date", "name"]
+
+# Netty rejects a request line (method, target and protocol, without CRLF) longer than
+# http.max_initial_line_length, 4096 bytes by default, with 400 too_long_http_line_exception.
+# Counting the CRLF too keeps one byte of margin for Netty releases before 4.1.100, which
+# counted the CR against the limit.
+MAX_REQUEST_LINE = 4096
+_LINE_END = len("\r\n")
+_PROTOCOL = " HTTP/1.1"
+_DELETE_OVERHEAD = len("DELETE /") + len(_PROTOCOL) + _LINE_END
+
+_EXPAND = "open,closed"
+_LISTING_FIELDS = ("*.settings.index.creation_date", "*.settings.index.hidden")
+_PROBE_FIELDS = ("*.settings.index.creation_date",)
+_PROBE_QUERY = (
+    "/_settings?allow_no_indices=true&expand_wildcards=open,closed"
+    "&filter_path=*.settings.index.creation_date&ignore_unavailable=true"
+)
+_PROBE_OVERHEAD = len("GET /") + len(_PROBE_QUERY) + len(_PROTOCOL) + _LINE_END
+
+# strftime directives a name date may use, as the digits they stand for.
+_DIRECTIVES = {
+    "Y": r"\d{4}",
+    "y": r"\d{2}",
+    "m": r"\d{2}",
+    "d": r"\d{2}",
+    "H": r"\d{2}",
+    "M": r"\d{2}",
+    "S": r"\d{2}",
+    "j": r"\d{3}",
+    "%": "%",
+}
+_DATA_STREAM_BACKING_PREFIX = ".ds-"
+
+
+@dataclass(frozen=True)
+class _Index:
+    name: str
+    created_ms: int | None
+    hidden: bool
+
+
+@dataclass(frozen=True)
+class _Membership:
+    """The data stream a backing index belongs to, and whether it is the write index."""
+
+    stream: str
+    write: bool
+
+
+def validate_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    """``patterns`` as the sweeper uses them; ConfigurationError for one it cannot honour."""
+    if not patterns:
+        raise ConfigurationError("JANITOR_LOG_INDEX_PATTERNS: name at least one index pattern")
+    for pattern in patterns:
+        # Exclusions ("-x") and "_all" change what a listing means; a list separator or
+        # space inside one pattern would be sent as two.
+        if not pattern or pattern.startswith(("-", "_", "+")) or re.search(r"[\s,]", pattern):
+            raise ConfigurationError(
+                f"JANITOR_LOG_INDEX_PATTERNS: {pattern!r} is not an index name or pattern"
+            )
+    return tuple(patterns)
+
+
+def name_date_pattern(timestring: str) -> re.Pattern[str]:
+    """The regex finding ``timestring``'s date in an index name, as Curator's ``timestring``.
+
+    Raises ConfigurationError for directives that do not name a calendar date or time.
+    """
+    parts: list[str] = []
+    i = 0
+    while i < len(timestring):
+        char = timestring[i]
+        if char != "%":
+            parts.append(re.escape(char))
+            i += 1
+            continue
+        directive = timestring[i + 1 : i + 2]
+        if directive not in _DIRECTIVES:
+            raise ConfigurationError(
+                f"JANITOR_LOG_TIMESTRING={timestring!r}: unsupported directive %{directive} "
+                f"(supported: {' '.join('%' + d for d in _DIRECTIVES)})"
+            )
+        parts.append(_DIRECTIVES[directive])
+        i += 2
+    return re.compile("".join(parts))
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Elasticsearch's wildcard match (``*`` only), never against a ``.ds-`` name (SPEC.md)."""
+    if name.startswith(_DATA_STREAM_BACKING_PREFIX):
+        return False
+    return any(_wildcard(pattern).fullmatch(name) for pattern in patterns)
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def plan_logs(
+    es: Elasticsearch,
+    *,
+    patterns: Sequence[str],
+    retention_days: int,
+    age_source: AgeSource,
+    timestring: str,
+    now: datetime,
+) -> list[Step]:
+    """The log indices past the window, one step per DELETE batch, plus settled skips.
+
+    An index is considered when its own name matches a pattern, or when it backs a data
+    stream whose name does; anything reached otherwise (through an alias, say) is left
+    alone and unreported. Of those past the window, hidden and dot-named indices that back
+    no matched stream, and every stream's write index, are ``skipped``; so is any index
+    whose name holds no date when ages come from names.
+    """
+    if now.utcoffset() != timedelta(0):
+        raise ValueError("now must be timezone-aware UTC (SPEC.md: one now per run)")
+    if retention_days < 1:
+        raise ConfigurationError(f"JANITOR_LOG_RETENTION_DAYS={retention_days}: must be >= 1")
+    patterns = validate_patterns(patterns)
+    date_in_name = name_date_pattern(timestring) if age_source == "name" else None
+
+    indices = _list_indices(es, patterns)
+    backing = (
+        _backing_indices(es, patterns)
+        if any(i.hidden or i.name.startswith(".") for i in indices)
+        else {}
+    )
+    cutoff = now - timedelta(days=retention_days)
+    steps: list[Step] = []
+    expired: list[Action] = []
+    for index in indices:
+        membership = backing.get(index.name)
+        if membership is None and not matches(index.name, patterns):
+            continue
+        created = (
+            _created_from_name(index.name, date_in_name, timestring)
+            if date_in_name is not None
+            else _created_from_settings(index)
+        )
+        protected = _protection(index, membership)
+        if isinstance(created, str):
+            steps.append(final(Action(EVENT, index.name, skipped(protected or created))))
+            continue
+        if created > cutoff:
+            continue
+        fields = {"age_days": (now - created) // timedelta(days=1)}
+        if protected:
+            steps.append(final(Action(EVENT, index.name, skipped(protected), fields=fields)))
+        else:
+            expired.append(Action(EVENT, index.name, PLANNED, fields=fields))
+    for batch in _batches(expired, lambda a: a.target, _DELETE_OVERHEAD):
+        steps.append(_delete_step(es, tuple(batch)))
+    return steps
+
+
+def _protection(index: _Index, membership: _Membership | None) -> str | None:
+    """Why SPEC.md's safety rules forbid deleting ``index``, or None."""
+    if membership is not None:
+        if membership.write:
+            return f"write index of data stream [{membership.stream}]"
+        return None
+    if index.name.startswith("."):
+        return "system or hidden index (name starts with '.')"
+    if index.hidden:
+        return "hidden index (index.hidden: true)"
+    return None
+
+
+def _created_from_settings(index: _Index) -> datetime | str:
+    if index.created_ms is None:
+        return "index settings show no index.creation_date"
+    return datetime.fromtimestamp(index.created_ms / 1000, UTC)
+
+
+def _created_from_name(name: str, pattern: re.Pattern[str], timestring: str) -> datetime | str:
+    """The start of the period the name's date stands for (Curator's reading), in UTC.
+
+    The last match wins: the date is the name's suffix, and a release name may hold digits.
+    """
+    found = list(pattern.finditer(name))
+    for match in reversed(found):
+        try:
+            return datetime.strptime(match.group(0), timestring).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return f"no date matching {timestring!r} in the index name"
+
+
+def _list_indices(es: Elasticsearch, patterns: Sequence[str]) -> list[_Index]:
+    # Wildcards expand to open and closed indices but not hidden ones (the default, "all",
+    # would); a data stream matched by name still brings in its (hidden) backing indices.
+    # ignore_unavailable: a pattern without "*" naming no index is not an error.
+    body = es.indices.get_settings(
+        index=list(patterns),
+        expand_wildcards=_EXPAND,
+        ignore_unavailable=True,
+        allow_no_indices=True,
+        filter_path=list(_LISTING_FIELDS),
+    ).body
+    found = []
+    for name, entry in sorted(body.items()):
+        settings = entry.get("settings", {}).get("index", {})
+        created = settings.get("creation_date")
+        found.append(
+            _Index(
+                name=name,
+                created_ms=int(created) if created is not None else None,
+                hidden=str(settings.get("hidden", "false")).lower() == "true",
+            )
+        )
+    return found
+
+
+def _backing_indices(es: Elasticsearch, patterns: Sequence[str]) -> dict[str, _Membership]:
+    """Backing indices of the data streams whose names match ``patterns``."""
+    # GET _data_stream answers 404 for a name without "*" that is no data stream, and has no
+    # ignore_unavailable: every pattern is sent as a wildcard and matched exactly below.
+    names = [p if "*" in p else f"{p}*" for p in patterns]
+    body = es.indices.get_data_stream(
+        name=names, filter_path=["data_streams.name", "data_streams.indices.index_name"]
+    ).body
+    backing: dict[str, _Membership] = {}
+    for stream in body.get("data_streams", []):
+        if not matches(stream["name"], patterns):
+            continue
+        members = [i["index_name"] for i in stream.get("indices", [])]
+        # The API lists backing indices oldest first; the last one is the write index.
+        for position, name in enumerate(members):
+            backing[name] = _Membership(stream["name"], write=position == len(members) - 1)
+    return backing
+
+
+def _batches(items: Sequence[T], name: Callable[[T], str], overhead: int) -> list[list[T]]:
+    """``items`` in order, cut where the comma-joined names would overflow the request line.
+
+    Names are measured as the client sends them: percent-encoded, commas kept.
+    """
+    batches: list[list[T]] = []
+    current: list[T] = []
+    length = overhead
+    for item in items:
+        size = len(quote(name(item), safe=",*"))
+        if current and length + 1 + size > MAX_REQUEST_LINE:
+            batches.append(current)
+            current, length = [], overhead
+        length += size + (1 if current else 0)
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _delete_step(es: Elasticsearch, actions: tuple[Action, ...]) -> Step:
+    names = [a.target for a in actions]
+
+    def run() -> list[Result]:
+        settled = _delete(es, names, probe=True)
+        return [settled[n] for n in names]
+
+    return Step(actions, run)
+
+
+def _delete(es: Elasticsearch, names: list[str], *, probe: bool) -> dict[str, Result]:
+    """Delete ``names`` in one request, and settle every name whatever happens.
+
+    404 (some index vanished meanwhile, or a retried DELETE already went through): one probe
+    tells which still exist; those are deleted again, the rest are ``absent``. 400 (one index
+    refuses: a write index, a snapshot in progress): the batch is halved until the refusing
+    index stands alone, so it does not block the others. Anything else (auth, 429/5xx after
+    the retries, connection) fails the whole batch: splitting would only repeat it.
+    """
+    if not names:
+        return {}
+    try:
+        es.indices.delete(index=names)
+    except NotFoundError as error:
+        return _settle_missing(es, names, error, probe=probe)
+    except BadRequestError as error:
+        if len(names) == 1:
+            return {names[0]: failed(describe(error))}
+        half = len(names) // 2
+        return _delete(es, names[:half], probe=probe) | _delete(es, names[half:], probe=probe)
+    except (ApiError, TransportError) as error:
+        return dict.fromkeys(names, failed(describe(error)))
+    return dict.fromkeys(names, DONE)
+
+
+def _settle_missing(
+    es: Elasticsearch, names: list[str], error: NotFoundError, *, probe: bool
+) -> dict[str, Result]:
+    """After a 404 (which names only the first missing index): who is gone, who is left."""
+    if probe:
+        try:
+            existing = _existing(es, names)
+        except (ApiError, TransportError) as probe_error:
+            return dict.fromkeys(names, failed(describe(probe_error)))
+        gone = {n: ABSENT for n in names if n not in existing}
+        return gone | _delete(es, [n for n in names if n in existing], probe=False)
+    # Vanished between the probe and this DELETE: settle the named one and go on.
+    missing = _missing_index(error)
+    if missing not in names:
+        return dict.fromkeys(names, failed(describe(error)))
+    rest = [n for n in names if n != missing]
+    return {missing: ABSENT} | _delete(es, rest, probe=False)
+
+
+def _existing(es: Elasticsearch, names: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _batches(names, str, _PROBE_OVERHEAD):
+        body = es.indices.get_settings(
+            index=chunk,
+            allow_no_indices=True,
+            expand_wildcards=_EXPAND,
+            filter_path=list(_PROBE_FIELDS),
+            ignore_unavailable=True,
+        ).body
+        found.update(body)
+    return found
+
+
+def _missing_index(error: NotFoundError) -> str | None:
+    body: Mapping[str, Any] = error.body if isinstance(error.body, Mapping) else {}
+    cause = body.get("error")
+    if isinstance(cause, Mapping) and cause.get("type") == "index_not_found_exception":
+        index = cause.get("index") or cause.get("resource.id")
+        return str(index) if index is not None else None
+    return None

@@ -1,0 +1,504 @@
+"""Operator stories for the log sweeper: which indices go, which stay, and at what cost.
+
+Each test runs against the Elasticsearch stand-in, or against the real cluster named by
+JANITOR_TEST_ELASTICSEARCH_URL; those that configure the server (faults, versions,
+security, TLS) or count requests say so and need the stand-in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from janitor.clients.elasticsearch import (
+    check_elasticsearch,
+    connect_elasticsearch,
+    verify_elasticsearch,
+)
+from janitor.errors import ConfigurationError
+from janitor.plan import Result, Step
+from janitor.sweepers.logs import EVENT, MAX_REQUEST_LINE, name_date_pattern, plan_logs
+from tests.es_standin import (
+    Cluster,
+    Grants,
+    es_cluster,
+    request_lines,
+    running_standin,
+    standin_only,
+    tls,
+)
+from tests.prometheus_server import Tls
+
+__all__ = ["es_cluster", "tls"]  # fixtures, imported for pytest
+
+NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def plan(
+    cluster: Cluster,
+    now: datetime = NOW,
+    *,
+    retention_days: int = 15,
+    age_source: Any = "creation_date",
+    patterns: Sequence[str] | None = None,
+) -> list[Step]:
+    return plan_logs(
+        cluster.connect(),
+        patterns=patterns or cluster.patterns,
+        retention_days=retention_days,
+        age_source=age_source,
+        timestring="%Y.%m.%d",
+        now=now,
+    )
+
+
+def run(steps: Sequence[Step]) -> dict[str, Result]:
+    """Every action's outcome by index name, running the steps as the runner would."""
+    outcomes: dict[str, Result] = {}
+    for step in steps:
+        results = step.run() if step.run else [a.planned for a in step.actions]
+        assert len(results) == len(step.actions)
+        for action, result in zip(step.actions, results, strict=True):
+            assert action.event == EVENT
+            outcomes[action.target] = result
+    return outcomes
+
+
+def planned(steps: Sequence[Step]) -> dict[str, Any]:
+    return {
+        a.target: (a.planned.outcome, a.fields.get("age_days")) for s in steps for a in s.actions
+    }
+
+
+def test_expired_log_indices_go_in_one_delete_and_young_ones_stay(es_cluster: Cluster) -> None:
+    """Indices of both shippers past 15 days are planned with their age, then deleted."""
+    old_fluentd = es_cluster.create_index(
+        es_cluster.name("fluentd", "quasar-1234.2026.11.01"), NOW - 19 * DAY
+    )
+    old_vector = es_cluster.create_index(
+        es_cluster.name("vector", "quasar-1234.2026.11.02"), NOW - 18 * DAY - timedelta(hours=5)
+    )
+    closed = es_cluster.create_index(
+        es_cluster.name("fluentd", "quasar-1234.2026.10.30"), NOW - 21 * DAY, closed=True
+    )
+    young = es_cluster.create_index(es_cluster.name("fluentd", "quasar-1234.2026.11.19"), NOW - DAY)
+
+    before = len(es_cluster.standin.requests) if es_cluster.standin else 0
+
+    steps = plan(es_cluster)
+
+    assert planned(steps) == {
+        old_fluentd: ("planned", 19),
+        old_vector: ("planned", 18),
+        closed: ("planned", 21),
+    }
+    assert es_cluster.existing() == {old_fluentd, old_vector, closed, young}, "plan is read-only"
+    assert len(steps) == 1, "one DELETE for the whole batch"
+    assert {n: r.outcome for n, r in run(steps).items()} == dict.fromkeys(
+        [old_fluentd, old_vector, closed], "done"
+    )
+    assert es_cluster.existing() == {young}
+    if es_cluster.standin is not None:
+        sent = [
+            r.line
+            for r in es_cluster.standin.requests[before:]
+            if f"*{es_cluster.prefix}*" not in r.target  # the test's own existing() calls
+        ]
+        assert sent == [
+            f"GET /fluentd.{es_cluster.prefix}-*,vector.{es_cluster.prefix}-*/_settings"
+            "?allow_no_indices=true&expand_wildcards=open,closed"
+            "&filter_path=*.settings.index.creation_date,*.settings.index.hidden"
+            "&ignore_unavailable=true HTTP/1.1",
+            f"DELETE /{','.join(sorted([closed, old_fluentd, old_vector]))} HTTP/1.1",
+        ]
+
+
+def test_older_than_n_days_is_exact_to_the_second(es_cluster: Cluster) -> None:
+    """Created at now - 15 d goes; created one second later stays."""
+    at_cutoff = es_cluster.create_index(
+        es_cluster.name("fluentd", "edge.2026.11.05"), NOW - 15 * DAY
+    )
+    just_after = es_cluster.create_index(
+        es_cluster.name("fluentd", "edge2.2026.11.05"), NOW - 15 * DAY + timedelta(seconds=1)
+    )
+
+    outcomes = run(plan(es_cluster))
+
+    assert outcomes == {at_cutoff: Result("done")}
+    assert es_cluster.existing() == {just_after}
+
+
+def test_nothing_to_delete_is_an_empty_plan(es_cluster: Cluster) -> None:
+    """No matching index, or only young ones: no step, no error (unlike Curator's exit 1)."""
+    assert plan(es_cluster) == []
+    es_cluster.create_index(es_cluster.name("vector", "fresh.2026.11.20"), NOW - timedelta(hours=1))
+
+    assert plan(es_cluster) == []
+
+
+def test_hidden_indices_aliases_and_other_names_are_never_touched(es_cluster: Cluster) -> None:
+    """Only names matching a pattern are candidates; a hidden one is skipped with a reason."""
+    hidden = es_cluster.create_index(
+        es_cluster.name("fluentd", "audit.2026.10.01"), NOW - 50 * DAY, hidden=True
+    )
+    unrelated = es_cluster.create_index(f"{es_cluster.prefix}-billing-2026.10.01", NOW - 50 * DAY)
+    es_cluster.add_alias(unrelated, es_cluster.name("fluentd", "billing-alias"))
+    expired = es_cluster.create_index(es_cluster.name("fluentd", "web.2026.10.01"), NOW - 50 * DAY)
+    patterns = (*es_cluster.patterns, hidden)  # even named explicitly, a hidden index stays
+
+    steps = plan(es_cluster, patterns=patterns)
+    outcomes = run(steps)
+
+    assert outcomes == {
+        hidden: Result("skipped", reason="hidden index (index.hidden: true)"),
+        expired: Result("done"),
+    }
+    assert es_cluster.existing() == {hidden, unrelated}
+
+
+def test_a_data_stream_past_the_window_keeps_only_its_write_index(es_cluster: Cluster) -> None:
+    """A pattern matching a stream's name sweeps its old backing indices, never the write one."""
+    stream = es_cluster.name("vector", "quasar-1234")
+    *older, write = es_cluster.create_data_stream(stream, generations=3)
+    later = datetime.now(UTC) + 40 * DAY  # every backing index is past the window by then
+
+    outcomes = run(plan(es_cluster, later))
+
+    assert outcomes == {
+        **dict.fromkeys(older, Result("done")),
+        write: Result("skipped", reason=f"write index of data stream [{stream}]"),
+    }
+    assert es_cluster.backing_indices(stream) == [write]
+    assert es_cluster.existing() == {write}
+
+
+def test_ages_from_names_use_the_date_in_the_name_and_skip_names_without_one(
+    es_cluster: Cluster,
+) -> None:
+    """age source 'name': the suffix date counts from its midnight UTC, creation date ignored."""
+    names = {
+        day: es_cluster.create_index(es_cluster.name("fluentd", f"quasar-1234.2026.11.{day:02d}"))
+        for day in (1, 4, 5, 6)
+    }
+    undated = es_cluster.create_index(es_cluster.name("fluentd", "quasar-1234.latest"))
+    now = datetime(2026, 11, 20, 0, 0, 0, tzinfo=UTC)  # cutoff: 2026-11-05T00:00Z
+
+    steps = plan(es_cluster, now, age_source="name")
+    outcomes = run(steps)
+
+    assert planned(steps)[names[1]] == ("planned", 19)
+    assert outcomes == {
+        names[1]: Result("done"),
+        names[4]: Result("done"),
+        names[5]: Result("done"),
+        undated: Result("skipped", reason="no date matching '%Y.%m.%d' in the index name"),
+    }
+    assert es_cluster.existing() == {names[6], undated}
+
+
+def test_an_index_that_vanished_before_its_batch_ran_is_absent(es_cluster: Cluster) -> None:
+    """Deleted by someone else between plan and run: reported absent, the others done."""
+    gone = es_cluster.create_index(es_cluster.name("fluentd", "a.2026.10.01"), NOW - 50 * DAY)
+    stays = es_cluster.create_index(es_cluster.name("fluentd", "b.2026.10.01"), NOW - 50 * DAY)
+    steps = plan(es_cluster)
+    es_cluster.admin.indices.delete(index=gone)
+
+    outcomes = run(steps)
+
+    assert outcomes == {gone: Result("absent"), stays: Result("done")}
+    assert es_cluster.existing() == set()
+
+
+def test_a_batch_already_deleted_costs_one_probe_not_one_request_per_index(
+    es_cluster: Cluster,
+) -> None:
+    """Every index gone (a retried DELETE that had gone through): one 404, one probe, all absent."""
+    names = [
+        es_cluster.create_index(es_cluster.name("vector", f"r{i}.2026.10.01"), NOW - 40 * DAY)
+        for i in range(5)
+    ]
+    steps = plan(es_cluster)
+    es_cluster.admin.indices.delete(index=names)
+    before = len(es_cluster.standin.requests) if es_cluster.standin else 0
+
+    outcomes = run(steps)
+
+    assert outcomes == dict.fromkeys(names, Result("absent"))
+    if es_cluster.standin is not None:
+        sent = [r.method for r in es_cluster.standin.requests[before:]]
+        assert sent == ["DELETE", "GET"]
+
+
+def test_one_index_refusing_deletion_does_not_block_its_batch(es_cluster: Cluster) -> None:
+    """A name turned alias meanwhile makes DELETE a 400: the batch is split, the rest go."""
+    names = [
+        es_cluster.create_index(es_cluster.name("fluentd", f"s{i}.2026.10.01"), NOW - 40 * DAY)
+        for i in range(6)
+    ]
+    steps = plan(es_cluster)
+    turned = names[3]
+    es_cluster.admin.indices.delete(index=turned)
+    elsewhere = es_cluster.create_index(f"{es_cluster.prefix}-elsewhere")
+    es_cluster.add_alias(elsewhere, turned)
+
+    outcomes = run(steps)
+
+    assert {n: r.outcome for n, r in outcomes.items()} == {
+        **dict.fromkeys(names, "done"),
+        turned: "failed",
+    }
+    assert "matches an alias" in str(outcomes[turned].error)
+    assert es_cluster.existing() == {elsewhere}
+
+
+def test_batches_fill_the_request_line_and_never_overflow_it() -> None:
+    """1,000 long, partly non-ASCII names: as few DELETEs as 4 KB lines allow, none refused."""
+    standin_only()
+    with running_standin() as standin:
+        names = [
+            f"fluentd.quasar-{i:04d}-{'é' if i % 3 else 'e'}-{'x' * (i % 40)}.2026.10.01"
+            for i in range(1000)
+        ]
+        for name in names:
+            standin.add_index(name, NOW - 30 * DAY)
+        es = connect(standin.url)
+
+        steps = plan_logs(
+            es,
+            patterns=["fluentd.*"],
+            retention_days=15,
+            age_source="creation_date",
+            timestring="%Y.%m.%d",
+            now=NOW,
+        )
+        outcomes = run(steps)
+
+        deletes = request_lines(standin, "DELETE")
+        assert {r.outcome for r in outcomes.values()} == {"done"}
+        assert standin.index_names() == set()
+        assert len(deletes) == len(steps) > 1
+        # CRLF counted, for Netty releases that counted the CR against the limit.
+        assert max(len(line) for line in deletes) <= MAX_REQUEST_LINE - 2
+        for line, following in itertools.pairwise(deletes):
+            next_name = following.split(" ")[1].lstrip("/").split(",")[0]
+            assert len(line) + 1 + len(next_name) > MAX_REQUEST_LINE - 2, "batch was not full"
+
+
+def test_batches_are_independent_and_may_run_concurrently() -> None:
+    """The runner's workers may send every batch at once: each settles its own indices."""
+    standin_only()
+    with running_standin() as standin:
+        for i in range(600):
+            standin.add_index(f"vector.release-{i:04d}.2026.10.01", NOW - 30 * DAY)
+        steps = plan_logs(
+            connect(standin.url),
+            patterns=["vector.*"],
+            retention_days=15,
+            age_source="creation_date",
+            timestring="%Y.%m.%d",
+            now=NOW,
+        )
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda s: s.run() if s.run else [], steps))
+
+        assert len(steps) > 1
+        assert all(r == Result("done") for batch in results for r in batch)
+        assert standin.index_names() == set()
+
+
+def test_a_429_is_retried_and_the_batch_still_goes() -> None:
+    """Elasticsearch pushing back once (429) costs a retry, not a failed index."""
+    standin_only()
+    with running_standin() as standin:
+        standin.add_index("fluentd.quasar.2026.10.01", NOW - 30 * DAY)
+        steps = plan_logs(
+            connect(standin.url),
+            patterns=["fluentd.*"],
+            retention_days=15,
+            age_source="creation_date",
+            timestring="%Y.%m.%d",
+            now=NOW,
+        )
+        standin.fail_next("DELETE", 429)
+
+        outcomes = run(steps)
+
+        assert outcomes == {"fluentd.quasar.2026.10.01": Result("done")}
+        assert len(request_lines(standin, "DELETE")) == 2
+
+
+def test_a_batch_failing_after_its_retries_is_failed_with_the_server_error() -> None:
+    """503 on every attempt: each index of the batch is failed, with Elasticsearch's reason."""
+    standin_only()
+    with running_standin() as standin:
+        standin.add_index("fluentd.quasar.2026.10.01", NOW - 30 * DAY)
+        es = connect_elasticsearch(
+            standin.url, username=None, password=None, api_key=None, ca_bundle=None, retries=1
+        )
+        steps = plan_logs(
+            es,
+            patterns=["fluentd.*"],
+            retention_days=15,
+            age_source="creation_date",
+            timestring="%Y.%m.%d",
+            now=NOW,
+        )
+        standin.fail_next("DELETE", 503, times=2)
+
+        outcomes = run(steps)
+
+        result = outcomes["fluentd.quasar.2026.10.01"]
+        assert result.outcome == "failed"
+        assert result.error == (
+            "HTTP 503 unavailable_shards_exception: rejected by the stand-in's fault injection"
+        )
+        assert standin.index_names() == {"fluentd.quasar.2026.10.01"}
+
+
+def test_elasticsearch_9_is_swept_through_rest_compatibility() -> None:
+    """An ES 9 server answers the 8.x client's compatible-with=8 requests; deletes work."""
+    standin_only()
+    with running_standin(version="9.1.0") as standin:
+        standin.add_index("vector.quasar.2026.10.01", NOW - 30 * DAY)
+        es = connect(standin.url)
+
+        version = verify_elasticsearch(es, standin.url)
+        outcomes = run(
+            plan_logs(
+                es,
+                patterns=["vector.*"],
+                retention_days=15,
+                age_source="creation_date",
+                timestring="%Y.%m.%d",
+                now=NOW,
+            )
+        )
+
+        assert version == "9.1.0"
+        assert outcomes == {"vector.quasar.2026.10.01": Result("done")}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"product_header": False}, "is not Elasticsearch"),
+        ({"version": "7.17.25"}, "refused an Elasticsearch 8 client's request"),
+        ({"version": "10.0.0"}, "refused an Elasticsearch 8 client's request"),
+    ],
+)
+def test_a_server_that_is_no_supported_elasticsearch_is_a_configuration_error(
+    options: dict[str, Any], expected: str
+) -> None:
+    """Forks and unsupported versions stop the run before anything is deleted (exit 2)."""
+    standin_only()
+    with running_standin(**options) as standin:
+        standin.add_index("fluentd.quasar.2026.10.01", NOW - 30 * DAY)
+        url = standin.url.replace("http://", "http://janitor:hunter2@")
+        es = connect_elasticsearch(url, username=None, password=None, api_key=None, ca_bundle=None)
+
+        with pytest.raises(ConfigurationError) as refused:
+            verify_elasticsearch(es, url)
+
+        assert expected in str(refused.value)
+        assert f"JANITOR_ELASTICSEARCH_URL={standin.url}" in str(refused.value)
+        assert "hunter2" not in str(refused.value)
+        assert standin.index_names() == {"fluentd.quasar.2026.10.01"}
+
+
+def test_basic_auth_and_api_keys_log_in_and_a_wrong_password_is_a_configuration_error() -> None:
+    """JANITOR_ELASTICSEARCH_USERNAME/_PASSWORD and _API_KEY both work; bad ones exit 2."""
+    standin_only()
+    grants = Grants(frozenset({"monitor"}))
+    with running_standin(
+        users={"janitor": ("s3cret", grants)}, api_keys={"aWQ6a2V5": ("janitor", grants)}
+    ) as standin:
+        by_password = connect_elasticsearch(
+            standin.url, username="janitor", password="s3cret", api_key=None, ca_bundle=None
+        )
+        by_key = connect_elasticsearch(
+            standin.url, username=None, password=None, api_key="aWQ6a2V5", ca_bundle=None
+        )
+        wrong = connect_elasticsearch(
+            standin.url, username="janitor", password="wrong", api_key=None, ca_bundle=None
+        )
+
+        assert verify_elasticsearch(by_password, standin.url) == "8.19.0"
+        assert verify_elasticsearch(by_key, standin.url) == "8.19.0"
+        with pytest.raises(ConfigurationError) as rejected:
+            verify_elasticsearch(wrong, standin.url)
+        assert "rejected the credentials" in str(rejected.value)
+        assert "wrong" not in str(rejected.value)
+
+
+def test_a_ca_bundle_lets_the_janitor_trust_a_private_ca(tls: Tls) -> None:
+    """JANITOR_ELASTICSEARCH_CA_BUNDLE: trusted with it, a configuration error without it."""
+    standin_only()
+    with running_standin(tls=tls) as standin:
+        trusted = connect_elasticsearch(
+            standin.url, username=None, password=None, api_key=None, ca_bundle=tls.ca, retries=0
+        )
+        untrusted = connect_elasticsearch(
+            standin.url, username=None, password=None, api_key=None, ca_bundle=None, retries=0
+        )
+
+        assert verify_elasticsearch(trusted, standin.url) == "8.19.0"
+        with pytest.raises(ConfigurationError, match="CERTIFICATE_VERIFY_FAILED"):
+            verify_elasticsearch(untrusted, standin.url)
+
+
+def test_a_ca_bundle_with_a_plain_http_url_is_a_configuration_error(tmp_path: Path) -> None:
+    """A CA bundle only makes sense for https: said at configuration time."""
+    with pytest.raises(ConfigurationError, match="needs an https URL"):
+        connect_elasticsearch(
+            "http://127.0.0.1:9200",
+            username=None,
+            password=None,
+            api_key=None,
+            ca_bundle=tmp_path / "ca.pem",
+        )
+
+
+def test_check_names_the_missing_privileges() -> None:
+    """janitor check: monitor, and view_index_metadata + delete_index on each pattern."""
+    standin_only()
+    partial = Grants(
+        frozenset({"monitor"}),
+        ((("fluentd.*",), frozenset({"view_index_metadata"})),),
+    )
+    full = Grants(frozenset({"manage"}), ((("*",), frozenset({"all"})),))
+    with running_standin(users={"partial": ("pw", partial), "full": ("pw", full)}) as standin:
+        lacking = connect_elasticsearch(
+            standin.url, username="partial", password="pw", api_key=None, ca_bundle=None
+        )
+        enough = connect_elasticsearch(
+            standin.url, username="full", password="pw", api_key=None, ca_bundle=None
+        )
+
+        assert check_elasticsearch(lacking, ["fluentd.*", "vector.*"]) == [
+            "partial lacks delete_index on indices 'fluentd.*'",
+            "partial lacks view_index_metadata, delete_index on indices 'vector.*'",
+        ]
+        assert check_elasticsearch(enough, ["fluentd.*", "vector.*"]) == []
+
+
+def test_check_without_security_finds_nothing_missing(es_cluster: Cluster) -> None:
+    """A cluster without security has no privileges to miss; with security, ours suffice."""
+    assert check_elasticsearch(es_cluster.connect(), es_cluster.patterns) == []
+
+
+def test_a_timestring_with_an_unsupported_directive_is_a_configuration_error() -> None:
+    """%U (week number) cannot be read back into a date: refused up front."""
+    with pytest.raises(ConfigurationError, match="unsupported directive %U"):
+        name_date_pattern("%Y.%U")
+
+
+def connect(url: str) -> Any:
+    return connect_elasticsearch(url, username=None, password=None, api_key=None, ca_bundle=None)
