@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -21,6 +22,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.es_standin import ElasticsearchStandin, running_standin  # noqa: E402
 from tests.prometheus_server import running_prometheus  # noqa: E402 - after sys.path setup
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -35,6 +37,7 @@ FLEET: dict[str, float | None] = {
     "lunar-eclipse-2468": 30,
 }
 HALF_CLEANED = "lunar-eclipse-2468"
+LOG_DAYS = (1, 7, 14, 16, 20, 30)
 
 
 def banner(text: str) -> None:
@@ -93,6 +96,16 @@ def reset_and_seed() -> None:
         print(f"  {release:<22} {state}{extra if release == HALF_CLEANED else ''}")
 
 
+def seed_logs(es: ElasticsearchStandin) -> None:
+    now = datetime.now(UTC)
+    for days in LOG_DAYS:
+        created = now - timedelta(days=days)
+        es.add_index(f"fluentd.cosmic-nebula-1234.{created:%Y.%m.%d}", created)
+    es.add_index(".kibana_1", now - timedelta(days=90), hidden=True)
+    print(f"Elasticsearch: daily log indices {', '.join(f'{d}d' for d in LOG_DAYS)} old,")
+    print("  and a hidden .kibana_1 index 90 days old (never touched)")
+
+
 def janitor(*args: str, env: dict[str, str]) -> int:
     command = [str(ROOT / ".venv" / "bin" / "janitor"), *args, "--log-format", "console"]
     print("$ janitor " + " ".join(args), flush=True)
@@ -123,7 +136,12 @@ def services(stack: ExitStack) -> Iterator[dict[str, str]]:
         running_prometheus(sandbox / "prometheus", "--storage.tsdb.retention.time=15d")
     )
     print(f"Prometheus (retention 15d) on {prometheus}")
+    # No Elasticsearch server package exists for Debian; the tests' ES 8 stand-in plays it.
+    elasticsearch = stack.enter_context(running_standin())
+    seed_logs(elasticsearch)
+    print(f"Elasticsearch stand-in (ES 8 API) on {elasticsearch.url}")
     yield {
+        "JANITOR_ELASTICSEARCH_URL": elasticsearch.url,
         "JANITOR_HOUSTON_DSN": HOUSTON,
         "JANITOR_REGISTRY_URL": "none",
         "JANITOR_PROMETHEUS_URL": prometheus,
