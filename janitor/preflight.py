@@ -15,12 +15,13 @@ from psycopg import sql
 from janitor import houston
 from janitor.clients.elasticsearch import (
     check_elasticsearch,
-    connect_elasticsearch,
     verify_elasticsearch,
 )
 from janitor.config import Settings
 from janitor.events import Log
+from janitor.remotes import elasticsearch_client, prometheus_client, registry_client
 from janitor.sweepers import databases, metrics
+from janitor.sweepers.registry import repository_name
 
 Probe = Callable[[], Iterable[str]]
 
@@ -33,6 +34,8 @@ def check(settings: Settings, log: Log) -> int:
         probes.append(("houston", lambda: houston_problems(settings, houston_info)))
     if airflow_info is not None and "databases" in settings.subsystems:
         probes.append(("airflow-databases", lambda: airflow_problems(airflow_info)))
+    if "registry" in settings.subsystems:
+        probes.append(("registry", lambda: registry_problems(settings)))
     if "logs" in settings.subsystems:
         probes.append(("elasticsearch", lambda: elasticsearch_problems(settings)))
     if "metrics" in settings.subsystems and settings.prometheus_url is not None:
@@ -90,28 +93,25 @@ def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
                 yield f"missing {privilege} on {settings.houston_schema}.{settings.houston_table}"
 
 
+def registry_problems(settings: Settings) -> list[str]:
+    client = registry_client(settings)
+    try:
+        hint = repository_name(settings.registry_repository_template, "janitor-check")
+        return client.check(hint)
+    finally:
+        client.close()
+
+
 def elasticsearch_problems(settings: Settings) -> list[str]:
     url = settings.elasticsearch_url or ""
-    es = connect_elasticsearch(
-        url,
-        username=settings.elasticsearch_username,
-        password=settings.reveal("elasticsearch_password"),
-        api_key=settings.reveal("elasticsearch_api_key"),
-        ca_bundle=settings.elasticsearch_ca_bundle,
-    )
+    es = elasticsearch_client(settings)
     verify_elasticsearch(es, url)
     return check_elasticsearch(es, settings.log_index_patterns)
 
 
 def prometheus_problems(settings: Settings) -> list[str]:
     url = settings.prometheus_url or ""
-    client = metrics.connect_prometheus(
-        url,
-        username=settings.prometheus_username,
-        password=settings.reveal("prometheus_password"),
-        token=settings.reveal("prometheus_token"),
-        ca_bundle=settings.prometheus_ca_bundle,
-    )
+    client = prometheus_client(settings)
     return metrics.prometheus_problems(client, url)
 
 

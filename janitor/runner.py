@@ -26,8 +26,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from janitor import __version__, houston
-from janitor.clients.elasticsearch import connect_elasticsearch, verify_elasticsearch
 from janitor.clients.elasticsearch import describe as describe_es_error
+from janitor.clients.elasticsearch import verify_elasticsearch
 from janitor.config import Settings
 from janitor.errors import ConfigurationError
 from janitor.events import Log, Recorder
@@ -44,7 +44,8 @@ from janitor.plan import (
     guard_refusal,
     skipped,
 )
-from janitor.sweepers import databases, logs, metrics
+from janitor.remotes import elasticsearch_client, prometheus_client, registry_client
+from janitor.sweepers import databases, logs, metrics, registry
 
 Clock = Callable[[], datetime]
 GONE = frozenset({"done", "absent"})
@@ -123,6 +124,8 @@ def run(
     }
     if error is not None:
         finished["error"] = error
+    if registry.garbage_collect_due(finished["counts"]):
+        finished["registry_garbage_collect"] = registry.GARBAGE_COLLECT_DUE
     event_error = _post_summary_event(settings, kube, finished, code)
     if event_error is not None:
         finished["kubernetes_event_error"] = event_error
@@ -235,6 +238,13 @@ def build_plan(
             except psycopg.Error as exc:
                 steps.append(_sweep_failure("database.drop", _server(settings), exc))
                 blocked.append("databases could not be swept")
+        if "registry" in subsystems and expired:
+            registry_work = _plan_registry(settings, stack, expired)
+            works = _attach(
+                works,
+                {key: work.steps for key, work in registry_work.items()},
+                {key: work.remaining for key, work in registry_work.items()},
+            )
         if "registry" not in subsystems and not settings.registry_swept_by_definition:
             blocked.append("registry not swept")
     if "logs" in subsystems:
@@ -246,9 +256,31 @@ def build_plan(
 
 
 def _attach(
-    works: list[DeploymentWork], steps: Mapping[str, tuple[Step, ...]]
+    works: list[DeploymentWork],
+    steps: Mapping[str, tuple[Step, ...]],
+    remaining: Mapping[str, Callable[[], str | None]] | None = None,
 ) -> list[DeploymentWork]:
-    return [replace(w, steps=w.steps + steps.get(w.deployment.id, ())) for w in works]
+    """Appends one sweeper's steps (and its post-check) to each deployment's work."""
+    probes = remaining or {}
+    return [
+        replace(
+            w,
+            steps=w.steps + steps.get(w.deployment.id, ()),
+            remaining=w.remaining + tuple(p for p in [probes.get(w.deployment.id)] if p),
+        )
+        for w in works
+    ]
+
+
+def _plan_registry(
+    settings: Settings, stack: ExitStack, expired: list[Deployment]
+) -> dict[str, registry.RegistryWork]:
+    client = registry_client(settings)
+    stack.callback(client.close)
+    # Its own pool: deployment workers wait on these requests, so they must not share one.
+    http_pool = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "registry"))
+    template = settings.registry_repository_template
+    return registry.plan_registry(client, expired, template, http_pool)
 
 
 def _sweep_failure(event: str, target: str, exc: psycopg.Error) -> Step:
@@ -264,13 +296,7 @@ def _server(settings: Settings) -> str:
 def _plan_logs(settings: Settings, now: datetime) -> list[Step]:
     """Log indices past the window; an Elasticsearch that is not one is exit 2 (raised)."""
     url = settings.elasticsearch_url or ""
-    es = connect_elasticsearch(
-        url,
-        username=settings.elasticsearch_username,
-        password=settings.reveal("elasticsearch_password"),
-        api_key=settings.reveal("elasticsearch_api_key"),
-        ca_bundle=settings.elasticsearch_ca_bundle,
-    )
+    es = elasticsearch_client(settings)
     try:
         verify_elasticsearch(es, url)
         return logs.plan_logs(
@@ -298,13 +324,7 @@ def _plan_metrics(settings: Settings, kube: ApiClient | None) -> list[Step]:
     url = settings.prometheus_url
     if url is None:  # unreachable: the metrics subsystem requires a source
         raise ConfigurationError("JANITOR_PROMETHEUS_URL: not configured")
-    client = metrics.connect_prometheus(
-        url,
-        username=settings.prometheus_username,
-        password=settings.reveal("prometheus_password"),
-        token=settings.reveal("prometheus_token"),
-        ca_bundle=settings.prometheus_ca_bundle,
-    )
+    client = prometheus_client(settings)
     return metrics.check_metrics(client, url=url, expected_days=settings.metrics_retention_days)
 
 

@@ -1,0 +1,538 @@
+"""A small Docker Registry HTTP API v2 client: list tags, resolve a tag's digest, delete a
+manifest, and a preflight for ``janitor check``.
+
+Protocol references: the distribution spec (docs/spec/api.md, docs/spec/auth/token.md) and
+the OCI distribution spec. Auth is learned from the ``/v2/`` ping: anonymous, HTTP basic,
+the Bearer token-service flow (one token per scope, cached until shortly before it expires,
+fetched again on a 401) or a static bearer token.
+
+Every name that goes into a URL (repository, tag, digest) is checked against the spec's
+grammar first, so an odd answer from a registry can never steer a request elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
+
+import requests
+
+from janitor.clients.http import HttpOptions, make_session
+from janitor.errors import ConfigurationError
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+# Without the list/index types a registry answers a multi-arch tag with one platform's
+# child manifest (distribution rewrites the tag to linux/amd64), or 404 for an OCI index;
+# deleting that digest would leave the tag in place.
+MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX))
+
+# Grammars from distribution's reference package / the OCI distribution spec.
+REPOSITORY = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+MAX_REPOSITORY_LENGTH = 255
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+")
+# A digest no content can have: deleting it proves delete permission and that deletion is
+# enabled, and changes nothing.
+PROBE_DIGEST = "sha256:" + "0" * 64
+
+DELETE_DISABLED = (
+    "the registry has deletion disabled (405 UNSUPPORTED): enable storage.delete.enabled "
+    "in its config (REGISTRY_STORAGE_DELETE_ENABLED=true)"
+)
+# The token spec's default lifetime when the token service names none.
+DEFAULT_TOKEN_SECONDS = 60.0
+# Fetch a new token this long before the old one expires, so no request carries a token
+# that dies in flight.
+TOKEN_MARGIN_SECONDS = 10.0
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_OPTIONS = HttpOptions()
+
+
+class RegistryError(Exception):
+    """A registry request that did not succeed; the message is for the operator and never
+    contains a password or token."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A parsed ``WWW-Authenticate`` header."""
+
+    scheme: str
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None
+    password: str | None
+    token: str | None
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    expires_at: float
+
+
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+def parse_challenge(header: str) -> Challenge:
+    """``Bearer realm="https://auth/token",service="reg",scope="repository:a:pull"``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
+    return Challenge(scheme.lower(), params)
+
+
+def valid_repository(name: str) -> bool:
+    return len(name) <= MAX_REPOSITORY_LENGTH and REPOSITORY.fullmatch(name) is not None
+
+
+def valid_tag(tag: str) -> bool:
+    return TAG.fullmatch(tag) is not None
+
+
+def valid_digest(digest: str) -> bool:
+    return DIGEST.fullmatch(digest) is not None
+
+
+def _action(method: str) -> str:
+    # distribution asks for "delete" on DELETE and "pull" on reads (registry/handlers/app.go).
+    return "delete" if method == "DELETE" else "pull"
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The registry's own error codes and messages, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        parts = [
+            f"{e.get('code')}: {e.get('message')}" for e in body["errors"] if isinstance(e, dict)
+        ]
+        if parts:
+            return "; ".join(parts)
+    text = " ".join(response.text.split())[:200]
+    return text or "(empty body)"
+
+
+def _error_codes(response: requests.Response) -> set[str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return set()
+    if not isinstance(body, dict) or not isinstance(body.get("errors"), list):
+        return set()
+    return {str(e.get("code")) for e in body["errors"] if isinstance(e, dict)}
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The innermost reason of a transport error, without the URL's query string."""
+    reason: BaseException = exc
+    while True:
+        nested = getattr(reason, "reason", None) or reason.__cause__ or reason.__context__
+        if not isinstance(nested, BaseException) or nested is reason:
+            break
+        reason = nested
+    text = str(reason)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+class RegistryClient:
+    """One registry: one pooled session, the auth learned from ``/v2/``, a token per scope.
+
+    Thread-safe: the sweeper calls it from many worker threads at once.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        session: requests.Session,
+        credentials: Credentials,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        max_in_flight: int = DEFAULT_OPTIONS.pool_size,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._credentials = credentials
+        self._clock = clock
+        self._page_size = page_size
+        self._ping_lock = threading.Lock()
+        self._challenge: Challenge | None = None
+        self._pinged = False
+        self._tokens: dict[str, _Token] = {}
+        self._token_locks: dict[str, threading.Lock] = {}
+        self._tokens_lock = threading.Lock()
+        # JANITOR_CONCURRENCY bounds the requests in flight whichever threads send them
+        # (executor workers, or a step's own thread helping while it waits), and matches
+        # the connection pool so no connection is opened only to be discarded.
+        self._in_flight = threading.BoundedSemaphore(max_in_flight)
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- the API the sweeper uses -------------------------------------------------------
+
+    def ping(self) -> None:
+        """``GET /v2/``: proves the URL is a registry, learns its auth, checks credentials.
+
+        Raises ConfigurationError when the URL answers but is not a registry, RegistryError
+        when it cannot be reached or refuses the credentials.
+        """
+        with self._ping_lock:
+            if self._pinged:
+                return
+            url = f"{self.base_url}/v2/"
+            response = self._send("GET", url, headers=self._static_auth())
+            self._expect_registry(response)
+            if response.status_code == 401:
+                challenge = self._learn_challenge(response)
+                # Credentials are only proven by a request that uses them; the empty scope
+                # is what docker's own login asks for.
+                auth = self._auth_for(challenge, "")
+                response = self._send("GET", url, headers=auth)
+                self._expect_registry(response)
+                if response.status_code == 401:
+                    raise RegistryError(self._rejected())
+                self._challenge = challenge
+            if response.status_code != 200:
+                raise RegistryError(
+                    f"registry {self.base_url} answered {response.status_code} on /v2/: "
+                    f"{_error_detail(response)}"
+                )
+            self._pinged = True
+
+    def list_tags(self, repository: str) -> list[str] | None:
+        """Every tag of ``repository`` (all pages), or None when the registry does not know
+        the repository (404 NAME_UNKNOWN)."""
+        self._check_repository(repository)
+        first = f"{self.base_url}/v2/{repository}/tags/list"
+        url = f"{first}?{urlencode({'n': self._page_size})}"
+        tags: list[str] = []
+        while True:
+            response = self._request("GET", url, repository)
+            if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response):
+                return None
+            self._expect(response, 200, f"listing the tags of {repository}")
+            tags += self._parse_tags(response, repository)
+            link = response.links.get("next", {}).get("url")
+            if not link:
+                return tags
+            url = urljoin(url, link)
+            # A Link header must not lead the janitor (and its credentials) anywhere else.
+            if urlsplit(url)._replace(query="").geturl() != first:
+                raise RegistryError(
+                    f"registry answered a tags/list page link for {repository} that leaves "
+                    f"the repository: {urlsplit(url).path}"
+                )
+
+    def resolve_digest(self, repository: str, tag: str) -> str | None:
+        """The digest stored for ``tag`` (the index itself for a multi-arch image), or None
+        when the tag or repository is gone."""
+        self._check_repository(repository)
+        if not valid_tag(tag):
+            raise RegistryError(f"{tag!r} is not a valid tag name; not touched")
+        url = f"{self.base_url}/v2/{repository}/manifests/{quote(tag, safe='')}"
+        response = self._request("HEAD", url, repository, headers={"Accept": MANIFEST_ACCEPT})
+        if response.status_code == 404:
+            return None
+        self._expect(response, 200, f"resolving {repository}:{tag}")
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if not valid_digest(digest):
+            raise RegistryError(
+                f"registry answered {repository}:{tag} without a valid Docker-Content-Digest "
+                f"header ({digest[:80]!r})"
+            )
+        return digest
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Deletes the manifest ``digest`` and with it every tag pointing to it. False when it
+        was already gone (404)."""
+        self._check_repository(repository)
+        if not valid_digest(digest):
+            raise RegistryError(f"{digest!r} is not a valid digest; not touched")
+        url = f"{self.base_url}/v2/{repository}/manifests/{digest}"
+        response = self._request("DELETE", url, repository)
+        if response.status_code == 404:
+            return False
+        if response.status_code == 405:
+            raise RegistryError(DELETE_DISABLED)
+        self._expect(response, 202, f"deleting {repository}@{digest}")
+        return True
+
+    def check(self, repository_hint: str | None = None) -> list[str]:
+        """Preflight for ``janitor check``: what is wrong, in operator words; empty when all
+        is well. With a hint, also proves pull and delete permission on that repository by
+        listing it and deleting a digest no manifest can have."""
+        try:
+            self.ping()
+        except (ConfigurationError, RegistryError) as exc:
+            return [str(exc)]
+        if repository_hint is None:
+            return []
+        problems: list[str] = []
+        try:
+            self.list_tags(repository_hint)
+        except RegistryError as exc:
+            problems.append(f"cannot list {repository_hint}: {exc}")
+        try:
+            self.delete_manifest(repository_hint, PROBE_DIGEST)
+        except RegistryError as exc:
+            problems.append(f"cannot delete in {repository_hint}: {exc}")
+        return problems
+
+    # --- requests and auth ---------------------------------------------------------------
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            # verify per request: requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from
+            # the environment override the session's CA bundle (psf/requests#3829).
+            with self._in_flight:
+                return self._session.request(
+                    method, url, allow_redirects=False, verify=self._session.verify, **kwargs
+                )
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(
+                f"TLS verification of {urlsplit(url).netloc} failed ({_cause(exc)}); set "
+                "JANITOR_REGISTRY_CA_BUNDLE to the CA that signed its certificate"
+            ) from None
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"cannot reach {urlsplit(url).netloc} ({method} {urlsplit(url).path}): "
+                f"{_cause(exc)}"
+            ) from None
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        repository: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        self.ping()
+        scope = f"repository:{repository}:{_action(method)}"
+        challenge = self._challenge
+        auth = self._auth_for(challenge, scope) if challenge else self._static_auth()
+        response = self._send(method, url, headers={**(headers or {}), **auth})
+        if response.status_code != 401:
+            return response
+        challenge = self._learn_challenge(response)
+        if challenge.scheme != "bearer":
+            raise RegistryError(self._rejected(f" for {method} on {repository}"))
+        if self._challenge is None:
+            # /v2/ let anonymous in but this repository wants a token: use one from now on.
+            self._challenge = challenge
+        # The registry may want another scope than the one asked for (e.g. "*" for DELETE on
+        # some registries), or the cached token is no longer accepted: fetch what it names.
+        asked = challenge.params.get("scope") or scope
+        token = self._fetch_token(challenge, asked)
+        with self._tokens_lock:
+            self._tokens[scope] = token
+        auth = {"Authorization": f"Bearer {token.value}"}
+        response = self._send(method, url, headers={**(headers or {}), **auth})
+        if response.status_code == 401:
+            raise RegistryError(
+                f"the token service did not grant {asked!r}: {self._who()} needs pull and "
+                f"delete on {repository}"
+            )
+        return response
+
+    def _static_auth(self) -> dict[str, str]:
+        if self._credentials.token is not None:
+            return {"Authorization": f"Bearer {self._credentials.token}"}
+        return {}
+
+    def _auth_for(self, challenge: Challenge, scope: str) -> dict[str, str]:
+        if challenge.scheme == "basic":
+            return {"Authorization": self._basic_header()}
+        return {"Authorization": f"Bearer {self._token(challenge, scope)}"}
+
+    def _basic_header(self) -> str:
+        user, password = self._credentials.username, self._credentials.password
+        if user is None or password is None:
+            raise RegistryError(
+                f"registry {self.base_url} requires authentication: set "
+                "JANITOR_REGISTRY_USERNAME and JANITOR_REGISTRY_PASSWORD"
+            )
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def _token(self, challenge: Challenge, scope: str) -> str:
+        with self._tokens_lock:
+            lock = self._token_locks.setdefault(scope, threading.Lock())
+        # One fetch per scope at a time: the other workers wait for it instead of each
+        # asking the token service.
+        with lock:
+            with self._tokens_lock:
+                cached = self._tokens.get(scope)
+            if cached is not None and cached.expires_at > self._clock():
+                return cached.value
+            token = self._fetch_token(challenge, scope)
+            with self._tokens_lock:
+                self._tokens[scope] = token
+            return token.value
+
+    def _fetch_token(self, challenge: Challenge, scope: str) -> _Token:
+        realm = challenge.params.get("realm")
+        if not realm or urlsplit(realm).scheme not in ("http", "https"):
+            raise RegistryError(
+                f"registry {self.base_url} asks for a bearer token without a usable realm"
+            )
+        params = {"service": challenge.params.get("service", ""), "scope": scope}
+        params = {k: v for k, v in params.items() if v}
+        headers: dict[str, str] = {}
+        if self._credentials.username is not None:
+            params["account"] = self._credentials.username
+            headers["Authorization"] = self._basic_header()
+        started = self._clock()
+        response = self._send("GET", realm, params=params, headers=headers)
+        where = urlsplit(realm).netloc
+        if response.status_code in (401, 403):
+            raise RegistryError(
+                f"the token service at {where} rejected {self._who()} ({response.status_code})"
+            )
+        if response.status_code != 200:
+            raise RegistryError(
+                f"the token service at {where} answered {response.status_code}: "
+                f"{_error_detail(response)}"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise RegistryError(f"the token service at {where} answered without a token")
+        value = body.get("token") or body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise RegistryError(f"the token service at {where} answered without a token")
+        lifetime = body.get("expires_in")
+        seconds = float(lifetime) if isinstance(lifetime, int | float) else DEFAULT_TOKEN_SECONDS
+        expires_at = started + max(seconds - TOKEN_MARGIN_SECONDS, seconds / 2)
+        return _Token(value, expires_at)
+
+    def _learn_challenge(self, response: requests.Response) -> Challenge:
+        if self._credentials.token is not None:
+            raise RegistryError(f"registry {self.base_url} rejected JANITOR_REGISTRY_TOKEN (401)")
+        header = response.headers.get("WWW-Authenticate")
+        if not header:
+            raise RegistryError(
+                f"registry {self.base_url} answered 401 without a WWW-Authenticate header"
+            )
+        challenge = parse_challenge(header)
+        if challenge.scheme not in ("basic", "bearer"):
+            raise RegistryError(
+                f"registry {self.base_url} asks for unsupported auth scheme {challenge.scheme!r}"
+            )
+        return challenge
+
+    def _who(self) -> str:
+        user = self._credentials.username
+        return f"JANITOR_REGISTRY_USERNAME={user}" if user else "anonymous access"
+
+    def _rejected(self, what: str = "") -> str:
+        return f"registry {self.base_url} rejected the credentials of {self._who()}{what} (401)"
+
+    def _expect_registry(self, response: requests.Response) -> None:
+        if response.status_code >= 500:
+            raise RegistryError(
+                f"registry {self.base_url} answered {response.status_code} on /v2/: "
+                f"{_error_detail(response)}"
+            )
+        if "Docker-Distribution-API-Version" not in response.headers:
+            raise ConfigurationError(
+                f"JANITOR_REGISTRY_URL: {self.base_url} is not a Docker registry (/v2/ "
+                f"answered {response.status_code} without a Docker-Distribution-API-Version "
+                "header)"
+            )
+
+    def _check_repository(self, repository: str) -> None:
+        if not valid_repository(repository):
+            raise RegistryError(f"{repository!r} is not a valid repository name; not touched")
+
+    def _expect(self, response: requests.Response, status: int, doing: str) -> None:
+        if response.status_code == status:
+            return
+        if response.status_code == 403:
+            raise RegistryError(
+                f"registry denied {doing} (403) to {self._who()}: it needs pull and delete "
+                "on the deployments' repositories"
+            )
+        raise RegistryError(
+            f"registry answered {response.status_code} {doing}: {_error_detail(response)}"
+        )
+
+    def _parse_tags(self, response: requests.Response, repository: str) -> Iterator[str]:
+        try:
+            body = response.json()
+        except ValueError:
+            raise RegistryError(
+                f"registry answered invalid JSON listing the tags of {repository}"
+            ) from None
+        tags = body.get("tags") if isinstance(body, dict) else ()
+        # distribution answers "tags": null for a repository whose tags were all deleted.
+        if tags is None:
+            return iter(())
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise RegistryError(f"registry answered a malformed tag list for {repository}")
+        return iter(tags)
+
+
+def connect_registry(
+    url: str,
+    *,
+    username: str | None,
+    password: str | None,
+    token: str | None,
+    ca_bundle: Path | None,
+    options: HttpOptions = DEFAULT_OPTIONS,
+    clock: Callable[[], float] = time.monotonic,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> RegistryClient:
+    """A client for the registry at ``url``; no request is sent until first use."""
+    if (username is None) != (password is None):
+        raise ConfigurationError(
+            "JANITOR_REGISTRY_USERNAME and JANITOR_REGISTRY_PASSWORD go together"
+        )
+    if token is not None and username is not None:
+        raise ConfigurationError(
+            "JANITOR_REGISTRY_TOKEN and JANITOR_REGISTRY_USERNAME/_PASSWORD are exclusive"
+        )
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL would otherwise be sent by requests in place of the token
+        # flow, and shown in every error message naming the registry.
+        if username is not None or token is not None:
+            raise ConfigurationError(
+                "JANITOR_REGISTRY_URL carries credentials and JANITOR_REGISTRY_USERNAME or "
+                "_TOKEN is set too: configure them once"
+            )
+        username, password = unquote(parts.username or ""), unquote(parts.password or "")
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    if ca_bundle is not None:
+        options = replace(options, ca_bundle=ca_bundle)
+    session = make_session(options)
+    return RegistryClient(
+        url,
+        session,
+        Credentials(username, password, token),
+        clock=clock,
+        page_size=page_size,
+        max_in_flight=options.pool_size,
+    )

@@ -1,0 +1,202 @@
+"""Registry sweeper: every tag of each expired deployment's repository (SPEC.md step 3).
+
+Planning does every read: one tag listing per repository and one ``HEAD`` per tag, all on
+the shared executor. Executing deletes each distinct digest once: distribution removes
+every tag pointing to a manifest when the manifest is deleted, so tags sharing a digest
+cost one request and are all reported ``done``. The repository name comes only from the
+configured template and a validated release name; tags and digests the registry answers
+are checked against the spec's grammar before they go into a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from janitor.clients.registry import RegistryClient, RegistryError, valid_repository, valid_tag
+from janitor.config import render
+from janitor.errors import ConfigurationError
+from janitor.plan import ABSENT, DONE, PLANNED, Action, Deployment, Result, Step, failed, final
+
+EVENT = "registry.tag.delete"
+GARBAGE_COLLECT_DUE = (
+    "registry manifests were deleted: their storage is freed only by the registry's "
+    "offline `registry garbage-collect --delete-untagged` (see docs/registry.md)"
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RegistryWork:
+    """What the registry holds of one deployment: its steps, and the post-check that its
+    repository lists no tags any more (None when clean, else a sentence)."""
+
+    steps: tuple[Step, ...]
+    remaining: Callable[[], str | None]
+
+
+def repository_name(template: str, release: str) -> str:
+    """The deployment's repository; a template yielding no valid name is a config error."""
+    repository = render(template, release)
+    if not valid_repository(repository):
+        raise ConfigurationError(
+            f"JANITOR_REGISTRY_REPOSITORY_TEMPLATE: {template!r} gives {repository!r} for "
+            f"release {release!r}, which is not a valid repository name"
+        )
+    return repository
+
+
+def garbage_collect_due(counts: Mapping[str, Mapping[str, int]]) -> bool:
+    """Whether ``run.finished`` should say a registry garbage-collect is due: any manifest
+    deleted in this run still holds its blobs until then."""
+    return counts.get(EVENT, {}).get("done", 0) > 0
+
+
+def plan_registry(
+    client: RegistryClient,
+    deployments: Sequence[Deployment],
+    repository_template: str,
+    executor: Executor,
+) -> dict[str, RegistryWork]:
+    """Steps per ``Deployment.id``. Raises ConfigurationError (nothing changed) when the
+    template gives an invalid name or the URL is not a registry."""
+    repositories = {d.id: repository_name(repository_template, d.release_name) for d in deployments}
+    if not deployments:
+        return {}
+    try:
+        client.ping()
+    except RegistryError as exc:
+        # One clear failure per deployment instead of retrying every repository against a
+        # registry that is down or refuses the credentials.
+        return {
+            d.id: _unswept(client, d, repositories[d.id], f"cannot use the registry: {exc}")
+            for d in deployments
+        }
+    listings = _gather(
+        executor, [partial(client.list_tags, repositories[d.id]) for d in deployments]
+    )
+    lookups: list[tuple[str, str]] = []
+    for d, listing in zip(deployments, listings, strict=True):
+        if isinstance(listing, list):
+            lookups += [(repositories[d.id], tag) for tag in sorted(set(listing)) if valid_tag(tag)]
+    digests = dict(
+        zip(
+            lookups,
+            _gather(executor, [partial(client.resolve_digest, r, t) for r, t in lookups]),
+            strict=True,
+        )
+    )
+    works: dict[str, RegistryWork] = {}
+    for d, listing in zip(deployments, listings, strict=True):
+        repository = repositories[d.id]
+        if isinstance(listing, RegistryError):
+            works[d.id] = _unswept(client, d, repository, f"cannot list {repository}: {listing}")
+        elif listing is None:
+            unknown = Action(
+                EVENT, repository, Result("absent", reason="repository unknown"), d.release_name
+            )
+            works[d.id] = RegistryWork((final(unknown),), _remaining(client, repository, None))
+        else:
+            works[d.id] = _work(
+                client, d, repository, tags=sorted(set(listing)), digests=digests, executor=executor
+            )
+    return works
+
+
+def _work(
+    client: RegistryClient,
+    deployment: Deployment,
+    repository: str,
+    *,
+    tags: list[str],
+    digests: Mapping[tuple[str, str], str | RegistryError | None],
+    executor: Executor,
+) -> RegistryWork:
+    planned: list[Action] = []
+    settled: list[Step] = []
+    problems: list[str] = []
+    for tag in tags:
+        target = f"{repository}:{tag}"
+        if not valid_tag(tag):
+            error = f"registry lists {tag!r} in {repository}, not a valid tag name; not touched"
+            problems.append(error)
+            settled.append(final(_tag_action(deployment, target, None, failed(error))))
+            continue
+        digest = digests[(repository, tag)]
+        if isinstance(digest, RegistryError):
+            error = f"cannot resolve {target}: {digest}"
+            problems.append(error)
+            settled.append(final(_tag_action(deployment, target, None, failed(error))))
+        elif digest is None:  # the tag went away between listing and HEAD
+            settled.append(final(_tag_action(deployment, target, None, ABSENT)))
+        else:
+            planned.append(_tag_action(deployment, target, digest, PLANNED))
+    steps = tuple(settled)
+    if planned:
+        actions = tuple(planned)
+        steps = (Step(actions, lambda: _delete(client, repository, actions, executor)), *steps)
+    problem = f"{problems[0]} ({len(problems)} tag(s) not swept)" if problems else None
+    return RegistryWork(steps, _remaining(client, repository, problem))
+
+
+def _tag_action(deployment: Deployment, target: str, digest: str | None, planned: Result) -> Action:
+    return Action(EVENT, target, planned, deployment.release_name, {"digest": digest})
+
+
+def _delete(
+    client: RegistryClient, repository: str, actions: tuple[Action, ...], executor: Executor
+) -> list[Result]:
+    distinct = list(dict.fromkeys(str(a.fields["digest"]) for a in actions))
+    outcomes = _gather(executor, [partial(client.delete_manifest, repository, d) for d in distinct])
+    by_digest: dict[str, Result] = {}
+    for digest, outcome in zip(distinct, outcomes, strict=True):
+        if isinstance(outcome, RegistryError):
+            by_digest[digest] = failed(f"deleting {repository}@{digest}: {outcome}")
+        else:
+            by_digest[digest] = DONE if outcome else ABSENT
+    return [by_digest[str(a.fields["digest"])] for a in actions]
+
+
+def _unswept(
+    client: RegistryClient, deployment: Deployment, repository: str, error: str
+) -> RegistryWork:
+    action = Action(EVENT, repository, failed(error), deployment.release_name)
+    return RegistryWork((final(action),), _remaining(client, repository, error))
+
+
+def _remaining(
+    client: RegistryClient, repository: str, problem: str | None
+) -> Callable[[], str | None]:
+    def remaining() -> str | None:
+        # A plan that could not see the whole repository cannot prove it clean: the row
+        # stays, and the next run looks again (SPEC.md step 3).
+        if problem is not None:
+            return f"repository {repository} was not fully swept: {problem}"
+        try:
+            tags = client.list_tags(repository)
+        except RegistryError as exc:
+            return f"cannot confirm repository {repository} is empty: {exc}"
+        if tags:
+            return f"repository {repository} still lists {len(tags)} tag(s)"
+        return None
+
+    return remaining
+
+
+def _gather(executor: Executor, calls: Sequence[Callable[[], T]]) -> list[T | RegistryError]:
+    """Runs ``calls`` on ``executor``, results in order. A call not started yet when its
+    turn comes is run by the waiting thread itself, so a step called from a thread of the
+    very executor it submits to cannot deadlock it; the client's own limit keeps the
+    requests in flight at JANITOR_CONCURRENCY either way."""
+    futures = [executor.submit(call) for call in calls]
+    results: list[T | RegistryError] = []
+    for future, call in zip(futures, calls, strict=True):
+        try:
+            results.append(call() if future.cancel() else future.result())
+        except RegistryError as exc:
+            results.append(exc)
+    return results

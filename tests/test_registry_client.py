@@ -1,0 +1,395 @@
+"""The registry client against real distribution 2.8.2 registries: listing, digests,
+deletion, every auth mode, and registries that misbehave."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from janitor.clients.registry import RegistryError, connect_registry, parse_challenge
+from janitor.errors import ConfigurationError
+from tests.registry_server import (
+    PASSWORD,
+    READER,
+    Fault,
+    Proxy,
+    Registry,
+    basic_registry,
+    connect,
+    free_port,
+    make_proxy,
+    readonly_registry,
+    registry,
+    token_registry,
+    unique_release,
+)
+
+__all__ = ["basic_registry", "make_proxy", "readonly_registry", "registry", "token_registry"]
+
+MakeProxy = Callable[..., Proxy]
+
+
+def repo() -> str:
+    return f"{unique_release()}/airflow"
+
+
+def test_lists_every_tag_and_reports_an_unknown_repository(registry: Registry) -> None:
+    """All tags of a repository come back; a repository the registry never saw is None."""
+    name = repo()
+    pusher = registry.pusher()
+    image = pusher.image(name, "1.0.0")
+    for tag in ("latest", "stable"):
+        pusher.put_manifest(name, tag, image)
+
+    client = connect(registry)
+
+    assert sorted(client.list_tags(name) or []) == ["1.0.0", "latest", "stable"]
+    assert client.list_tags(repo()) is None
+
+
+def test_follows_link_pages_of_a_paginating_registry(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """With 2 tags per page, 5 tags take 3 listing requests, each following Link rel=next."""
+    name = repo()
+    pusher = registry.pusher()
+    image = pusher.image(name, "t1")
+    for tag in ("t2", "t3", "t4", "t5"):
+        pusher.put_manifest(name, tag, image)
+    proxy = make_proxy(registry.url, page_size=2)
+
+    tags = connect(registry, proxy.url).list_tags(name)
+
+    assert tags == ["t1", "t2", "t3", "t4", "t5"]
+    assert proxy.counts["GET tags"] == 3
+
+
+def test_refuses_a_page_link_that_leaves_the_repository(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """A Link header pointing at another repository is an error, never followed."""
+    name, other = repo(), repo()
+    registry.pusher().image(name, "v1")
+    registry.pusher().image(other, "v1")
+    proxy = make_proxy(registry.url)
+    proxy.inject(
+        Fault(
+            "GET",
+            f"/v2/{name}/tags/list",
+            200,
+            json.dumps({"name": name, "tags": ["v1"]}).encode(),
+            {"Link": f'</v2/{other}/tags/list?n=1&last=v0>; rel="next"'},
+        )
+    )
+
+    with pytest.raises(RegistryError, match="leaves the repository"):
+        connect(registry, proxy.url).list_tags(name)
+    assert not [path for _, path in proxy.paths if other in path]
+
+
+def test_resolves_each_tag_to_the_digest_the_registry_stores(registry: Registry) -> None:
+    """Single-arch, Docker manifest list and OCI index tags resolve to their own digest (the
+    index, not a platform child); a tag that does not exist resolves to None."""
+    name = repo()
+    pusher = registry.pusher()
+    single = pusher.image(name, "single")
+    docker_list = pusher.index(name, "docker-list", oci=False)
+    oci_index = pusher.index(name, "oci-index", oci=True)
+    client = connect(registry)
+
+    assert client.resolve_digest(name, "single") == single.digest
+    assert client.resolve_digest(name, "docker-list") == docker_list.digest
+    assert client.resolve_digest(name, "oci-index") == oci_index.digest
+    assert client.resolve_digest(name, "never-pushed") is None
+
+
+def test_deleting_a_digest_removes_every_tag_on_it_and_repeating_is_harmless(
+    registry: Registry,
+) -> None:
+    """One DELETE removes both tags of a shared digest; a second DELETE reports it gone."""
+    name = repo()
+    pusher = registry.pusher()
+    shared = pusher.image(name, "a")
+    pusher.put_manifest(name, "b", shared)
+    kept = pusher.image(name, "c", label="other")
+    client = connect(registry)
+
+    assert client.delete_manifest(name, shared.digest) is True
+    assert client.delete_manifest(name, shared.digest) is False
+    assert pusher.tags(name) == ["c"]
+    assert pusher.exists(name, kept.digest)
+
+
+def test_deletion_disabled_tells_the_operator_which_setting_to_change(
+    readonly_registry: Registry,
+) -> None:
+    """A registry with storage.delete.enabled=false refuses the DELETE; the error says so and
+    the preflight reports it before any run."""
+    name = repo()
+    image = readonly_registry.pusher().image(name, "v1")
+    client = connect(readonly_registry)
+
+    with pytest.raises(RegistryError, match=r"storage\.delete\.enabled"):
+        client.delete_manifest(name, image.digest)
+    problems = client.check(name)
+
+    assert len(problems) == 1
+    assert "REGISTRY_STORAGE_DELETE_ENABLED=true" in problems[0]
+    assert readonly_registry.pusher().tags(name) == ["v1"]
+
+
+def test_basic_auth_with_htpasswd(basic_registry: Registry) -> None:
+    """The htpasswd account lists and deletes; a wrong password is reported without the
+    password and nothing is deleted."""
+    name = repo()
+    image = basic_registry.pusher().image(name, "v1")
+
+    wrong = connect(basic_registry, password="wrong-password-123")
+    problems = wrong.check(name)
+    with pytest.raises(RegistryError, match="rejected the credentials") as rejected:
+        wrong.list_tags(name)
+
+    assert problems
+    assert "rejected the credentials" in problems[0]
+    assert "wrong-password-123" not in problems[0] + str(rejected.value)
+    assert basic_registry.pusher().tags(name) == ["v1"]
+
+    client = connect(basic_registry)
+    assert client.check(name) == []
+    assert client.delete_manifest(name, image.digest) is True
+    assert basic_registry.pusher().tags(name) == []
+
+
+def test_anonymous_client_is_told_to_configure_credentials(basic_registry: Registry) -> None:
+    """Without credentials, a registry asking for basic auth names the settings to set."""
+    problems = connect(basic_registry, username=None, password=None).check()
+
+    assert problems
+    assert "JANITOR_REGISTRY_USERNAME" in problems[0]
+
+
+def test_token_flow_over_tls_fetches_one_token_per_scope(token_registry: Registry) -> None:
+    """Behind auth: token on TLS with a custom CA, the client asks the token service once per
+    scope (pull, delete) however many requests use it."""
+    assert token_registry.issuer is not None
+    name = repo()
+    pusher = token_registry.pusher()
+    images = [pusher.image(name, f"v{i}", label=str(i)) for i in range(3)]
+    client = connect(token_registry)
+    client.ping()
+    token_registry.issuer.issued.clear()
+
+    for image in images:
+        assert client.resolve_digest(name, f"v{images.index(image)}") == image.digest
+    client.list_tags(name)
+    for image in images:
+        client.delete_manifest(name, image.digest)
+
+    assert sorted(scope for _, scope in token_registry.issuer.issued) == [
+        f"repository:{name}:delete",
+        f"repository:{name}:pull",
+    ]
+    assert pusher.tags(name) == []
+
+
+def test_token_is_fetched_again_when_it_expires(token_registry: Registry) -> None:
+    """A token past its expires_in (on the injected clock) is replaced before it is used."""
+    assert token_registry.issuer is not None
+    name = repo()
+    token_registry.pusher().image(name, "v1")
+    now = [1000.0]
+    client = connect(token_registry, clock=lambda: now[0])
+    client.list_tags(name)
+    token_registry.issuer.issued.clear()
+
+    client.list_tags(name)
+    now[0] += token_registry.issuer.lifetime_s
+    client.list_tags(name)
+
+    assert token_registry.issuer.issued == [("janitor", f"repository:{name}:pull")]
+
+
+def test_token_refused_by_the_registry_is_fetched_again(token_registry: Registry) -> None:
+    """When the registry answers 401 to a cached token, the client gets a fresh one and the
+    request succeeds."""
+    assert token_registry.issuer is not None
+    name = repo()
+    token_registry.pusher().image(name, "v1")
+    client = connect(token_registry)
+    client.ping()
+    token_registry.issuer.spoil_next = 1
+
+    assert client.list_tags(name) == ["v1"]
+    assert token_registry.issuer.spoil_next == 0
+
+
+def test_account_without_delete_permission_is_named(token_registry: Registry) -> None:
+    """A pull-only account can list but not delete; the error names the account and the
+    permission it lacks, and the tag stays."""
+    name = repo()
+    image = token_registry.pusher().image(name, "v1")
+    client = connect(token_registry, username=READER)
+
+    assert client.list_tags(name) == ["v1"]
+    with pytest.raises(RegistryError, match=f"did not grant.*{READER}.*delete"):
+        client.delete_manifest(name, image.digest)
+    assert any("cannot delete" in p for p in client.check(name))
+    assert token_registry.pusher().tags(name) == ["v1"]
+
+
+def test_wrong_password_for_the_token_service(token_registry: Registry) -> None:
+    """Bad credentials at the token service are a clear error without the password."""
+    problems = connect(token_registry, password="nope-nope-nope").check()
+
+    assert problems
+    assert "rejected JANITOR_REGISTRY_USERNAME=janitor" in problems[0]
+    assert "nope-nope-nope" not in problems[0]
+
+
+def test_static_bearer_token(token_registry: Registry) -> None:
+    """A configured token is sent as is; a token the registry refuses is named by its
+    setting, never printed."""
+    assert token_registry.issuer is not None
+    name = repo()
+    image = token_registry.pusher().image(name, "v1")
+    token = token_registry.issuer.mint(f"repository:{name}:pull,delete")
+    client = connect(token_registry, username=None, password=None, token=token)
+
+    assert client.check(name) == []
+    assert client.delete_manifest(name, image.digest) is True
+
+    bogus = connect(token_registry, username=None, password=None, token="bogus.token.value")
+    problems = bogus.check()
+    assert problems
+    assert "JANITOR_REGISTRY_TOKEN" in problems[0]
+    assert "bogus.token.value" not in problems[0]
+
+
+def test_missing_ca_bundle_is_a_clear_tls_problem(token_registry: Registry) -> None:
+    """A registry with a private CA and no JANITOR_REGISTRY_CA_BUNDLE fails verification."""
+    problems = connect(token_registry, ca_bundle=None).check()
+
+    assert problems
+    assert "JANITOR_REGISTRY_CA_BUNDLE" in problems[0]
+
+
+def test_preflight_of_a_healthy_registry_is_empty(registry: Registry) -> None:
+    """check() finds nothing wrong with a reachable registry that allows deletion, and
+    changes nothing."""
+    name = repo()
+    registry.pusher().image(name, "v1")
+
+    assert connect(registry).check(name) == []
+    assert registry.pusher().tags(name) == ["v1"]
+
+
+def test_unreachable_registry(registry: Registry) -> None:
+    """Nothing listening on the URL: a RegistryError naming the address."""
+    client = connect(registry, f"http://127.0.0.1:{free_port()}")
+
+    with pytest.raises(RegistryError, match=r"cannot reach 127\.0\.0\.1"):
+        client.list_tags("any/airflow")
+    assert client.check()
+
+
+def test_a_web_server_that_is_not_a_registry(registry: Registry, make_proxy: MakeProxy) -> None:
+    """An HTML page on /v2/ is a configuration error naming JANITOR_REGISTRY_URL."""
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("*", "/", 200, b"<html>hello</html>", {"Content-Type": "text/html"}, None))
+    client = connect(registry, proxy.url)
+
+    with pytest.raises(ConfigurationError, match=r"JANITOR_REGISTRY_URL.*not a Docker registry"):
+        client.list_tags("any/airflow")
+    assert "not a Docker registry" in client.check()[0]
+
+
+def test_503_twice_then_recovering(registry: Registry, make_proxy: MakeProxy) -> None:
+    """Two 503 answers are retried with backoff and the listing still succeeds."""
+    name = repo()
+    registry.pusher().image(name, "v1")
+    proxy = make_proxy(registry.url)
+    fault = proxy.inject(Fault("GET", "/tags/list", 503, b"busy", times=2))
+
+    assert connect(registry, proxy.url).list_tags(name) == ["v1"]
+    assert fault.served == 2
+    assert proxy.counts["GET tags"] == 3
+
+
+def test_persistent_503_is_an_error_with_the_registry_answer(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """When retries run out, the error carries the status and what the registry said."""
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("GET", "/tags/list", 503, b"upstream overloaded", times=None))
+
+    with pytest.raises(RegistryError, match=r"503.*upstream overloaded"):
+        connect(registry, proxy.url).list_tags(repo())
+
+
+def test_invalid_json_in_a_tag_listing(registry: Registry, make_proxy: MakeProxy) -> None:
+    """A listing that is not JSON is an error naming the repository."""
+    name = repo()
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("GET", "/tags/list", 200, b"{not json", {"Content-Type": "text/plain"}))
+
+    with pytest.raises(RegistryError, match=f"invalid JSON.*{name}"):
+        connect(registry, proxy.url).list_tags(name)
+
+
+def test_names_outside_the_grammar_never_reach_the_registry(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """Tags, digests and repositories that are not valid names are refused before any
+    request is built from them."""
+    proxy = make_proxy(registry.url)
+    client = connect(registry, proxy.url)
+
+    with pytest.raises(RegistryError, match="not a valid tag"):
+        client.resolve_digest("a/airflow", "../../other/airflow/manifests/v1")
+    with pytest.raises(RegistryError, match="not a valid digest"):
+        client.delete_manifest("a/airflow", "sha256:abc/../../x")
+    with pytest.raises(RegistryError, match="not a valid repository"):
+        client.list_tags("A/../b")
+    assert not [p for _, p in proxy.paths if "manifests" in p or "tags" in p]
+
+
+def test_credentials_settings_must_be_consistent() -> None:
+    """A username without a password, or a token with a username, is a config error."""
+    with pytest.raises(ConfigurationError, match="go together"):
+        connect_registry("http://r", username="u", password=None, token=None, ca_bundle=None)
+    with pytest.raises(ConfigurationError, match="exclusive"):
+        connect_registry("http://r", username="u", password=PASSWORD, token="t", ca_bundle=None)
+
+
+def test_parses_www_authenticate_challenges() -> None:
+    """Quoted parameters may hold commas (scopes with several actions)."""
+    challenge = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="registry",'
+        'scope="repository:team/app:pull,delete"'
+    )
+
+    assert challenge.scheme == "bearer"
+    assert challenge.params == {
+        "realm": "https://auth.example/token",
+        "service": "registry",
+        "scope": "repository:team/app:pull,delete",
+    }
+
+
+def test_credentials_in_the_url_are_used_and_never_shown(basic_registry: Registry) -> None:
+    """user:password@ in JANITOR_REGISTRY_URL authenticates, and a wrong password there is
+    not echoed back in the error."""
+    host = basic_registry.url.removeprefix("http://")
+    good = connect(
+        basic_registry, f"http://janitor:{PASSWORD}@{host}", username=None, password=None
+    )
+    bad = connect(
+        basic_registry, f"http://janitor:oops-secret@{host}", username=None, password=None
+    )
+
+    assert good.check() == []
+    problems = bad.check()
+    assert problems
+    assert "oops-secret" not in problems[0]

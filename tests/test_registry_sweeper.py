@@ -1,0 +1,342 @@
+"""The registry sweeper against real registries: what it plans, what it deletes, what it
+reports, and that the row may go only once the repository lists no tags."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import replace
+
+import pytest
+
+from janitor.errors import ConfigurationError
+from janitor.plan import Action, Deployment, Result
+from janitor.sweepers.registry import (
+    RegistryWork,
+    garbage_collect_due,
+    plan_registry,
+    repository_name,
+)
+from tests.registry_server import (
+    FAST,
+    Fault,
+    Proxy,
+    Registry,
+    connect,
+    free_port,
+    make_proxy,
+    readonly_registry,
+    registry,
+    unique_release,
+)
+
+__all__ = ["make_proxy", "readonly_registry", "registry"]
+
+TEMPLATE = "{release}/airflow"
+MakeProxy = Callable[..., Proxy]
+
+
+@pytest.fixture
+def executor() -> Iterator[Executor]:
+    """The JANITOR_CONCURRENCY pool the runner hands to the sweeper."""
+    with ThreadPoolExecutor(4, "registry-test") as pool:
+        yield pool
+
+
+def expired(*releases: str) -> list[Deployment]:
+    return [Deployment(f"id-{r}", r, "2024-01-01T00:00:00Z") for r in releases]
+
+
+def planned(work: RegistryWork) -> list[tuple[Action, Result]]:
+    return [(a, a.planned) for s in work.steps for a in s.actions]
+
+
+def execute(work: RegistryWork) -> list[tuple[Action, Result]]:
+    """What the runner does: each step's run (or its planned outcome), one result per action."""
+    settled: list[tuple[Action, Result]] = []
+    for step in work.steps:
+        results: Sequence[Result] = step.run() if step.run else [a.planned for a in step.actions]
+        settled += list(zip(step.actions, results, strict=True))
+    return settled
+
+
+def outcomes(settled: list[tuple[Action, Result]]) -> dict[str, str]:
+    return {a.target: r.outcome for a, r in settled}
+
+
+def test_expired_deployments_lose_every_tag_and_nothing_else(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """Two expired deployments with single-arch, multi-arch (Docker list and OCI index) and
+    shared-digest tags are emptied with at most 2 manifest requests per tag; a live
+    deployment's repository is untouched, and remaining() then clears both rows."""
+    pusher = registry.pusher()
+    first, second, live = unique_release("a"), unique_release("b"), unique_release("live")
+    single = pusher.image(f"{first}/airflow", "1.0.0")
+    pusher.put_manifest(f"{first}/airflow", "latest", single)
+    docker_list = pusher.index(f"{first}/airflow", "multi", oci=False)
+    oci_index = pusher.index(f"{second}/airflow", "2.0.0", oci=True)
+    pusher.put_manifest(f"{second}/airflow", "deploy-42", oci_index)
+    pusher.image(f"{second}/airflow", "deploy-41", label="41")
+    pusher.image(f"{live}/airflow", "1.0.0")
+    proxy = make_proxy(registry.url)
+    client = connect(registry, proxy.url)
+
+    works = plan_registry(client, expired(first, second), TEMPLATE, executor)
+
+    digests = {a.target: a.fields["digest"] for a, _ in planned(works[f"id-{first}"])}
+    assert digests == {
+        f"{first}/airflow:1.0.0": single.digest,
+        f"{first}/airflow:latest": single.digest,
+        f"{first}/airflow:multi": docker_list.digest,
+    }
+    assert {a.deployment for a, _ in planned(works[f"id-{second}"])} == {second}
+    assert all(r.outcome == "planned" for w in works.values() for _, r in planned(w))
+
+    settled = [pair for w in works.values() for pair in execute(w)]
+
+    assert outcomes(settled) == {
+        f"{first}/airflow:1.0.0": "done",
+        f"{first}/airflow:latest": "done",
+        f"{first}/airflow:multi": "done",
+        f"{second}/airflow:2.0.0": "done",
+        f"{second}/airflow:deploy-41": "done",
+        f"{second}/airflow:deploy-42": "done",
+    }
+    assert {a.event for a, _ in settled} == {"registry.tag.delete"}
+    assert pusher.tags(f"{first}/airflow") == []
+    assert pusher.tags(f"{second}/airflow") == []
+    assert pusher.tags(f"{live}/airflow") == ["1.0.0"]
+    assert not [p for _, p in proxy.paths if live in p]
+    manifest_requests = proxy.counts["HEAD manifests"] + proxy.counts["DELETE manifests"]
+    assert manifest_requests <= 2 * len(settled)
+    assert proxy.counts["DELETE manifests"] == 4  # one per distinct digest
+    assert works[f"id-{first}"].remaining() is None
+    assert works[f"id-{second}"].remaining() is None
+    assert garbage_collect_due({"registry.tag.delete": {"done": len(settled)}})
+
+
+def test_an_unknown_repository_is_already_clean(registry: Registry, executor: Executor) -> None:
+    """A deployment that never pushed an image: one absent action, and the row may go."""
+    release = unique_release()
+
+    work = plan_registry(connect(registry), expired(release), TEMPLATE, executor)[f"id-{release}"]
+
+    assert [(a.target, r.outcome, r.reason) for a, r in execute(work)] == [
+        (f"{release}/airflow", "absent", "repository unknown")
+    ]
+    assert work.remaining() is None
+    assert not garbage_collect_due({"registry.tag.delete": {"absent": 1}})
+
+
+def test_a_rerun_after_a_finished_sweep_finds_nothing_to_do(
+    registry: Registry, executor: Executor
+) -> None:
+    """A repository whose tags are all gone plans no action and reports itself clean."""
+    release = unique_release()
+    image = registry.pusher().image(f"{release}/airflow", "v1")
+    connect(registry).delete_manifest(f"{release}/airflow", image.digest)
+
+    work = plan_registry(connect(registry), expired(release), TEMPLATE, executor)[f"id-{release}"]
+
+    assert work.steps == ()
+    assert work.remaining() is None
+
+
+def test_a_digest_deleted_between_plan_and_run_is_absent(
+    registry: Registry, executor: Executor
+) -> None:
+    """Someone else deleted the image after planning: both its tags are reported absent."""
+    release = unique_release()
+    pusher = registry.pusher()
+    image = pusher.image(f"{release}/airflow", "a")
+    pusher.put_manifest(f"{release}/airflow", "b", image)
+    client = connect(registry)
+    work = plan_registry(client, expired(release), TEMPLATE, executor)[f"id-{release}"]
+    client.delete_manifest(f"{release}/airflow", image.digest)
+
+    assert outcomes(execute(work)) == {
+        f"{release}/airflow:a": "absent",
+        f"{release}/airflow:b": "absent",
+    }
+    assert work.remaining() is None
+
+
+def test_deletion_disabled_fails_every_tag_and_keeps_the_row(
+    readonly_registry: Registry, executor: Executor
+) -> None:
+    """On a registry with deletion disabled each tag fails with the setting to change, the
+    tags stay, and remaining() keeps the deployment row."""
+    release = unique_release()
+    readonly_registry.pusher().image(f"{release}/airflow", "v1")
+    client = connect(readonly_registry)
+
+    work = plan_registry(client, expired(release), TEMPLATE, executor)[f"id-{release}"]
+    settled = execute(work)
+
+    assert [(a.target, r.outcome) for a, r in settled] == [(f"{release}/airflow:v1", "failed")]
+    assert "storage.delete.enabled" in str(settled[0][1].error)
+    assert readonly_registry.pusher().tags(f"{release}/airflow") == ["v1"]
+    assert work.remaining() == f"repository {release}/airflow still lists 1 tag(s)"
+
+
+def test_unreachable_registry_fails_each_deployment_once(
+    registry: Registry, executor: Executor
+) -> None:
+    """Nothing listening: one failed action per deployment naming the cause, rows kept."""
+    releases = [unique_release(), unique_release()]
+    client = connect(registry, f"http://127.0.0.1:{free_port()}")
+
+    works = plan_registry(client, expired(*releases), TEMPLATE, executor)
+
+    for release in releases:
+        settled = execute(works[f"id-{release}"])
+        assert [(a.target, r.outcome) for a, r in settled] == [(f"{release}/airflow", "failed")]
+        assert "cannot reach" in str(settled[0][1].error)
+        assert works[f"id-{release}"].remaining() is not None
+
+
+def test_a_url_that_is_not_a_registry_is_a_configuration_error(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """A web page on the registry URL stops the plan before anything is deleted."""
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("*", "/", 200, b"<html>login</html>", times=None))
+
+    with pytest.raises(ConfigurationError, match="not a Docker registry"):
+        plan_registry(connect(registry, proxy.url), expired(unique_release()), TEMPLATE, executor)
+
+
+def test_a_tag_that_cannot_be_resolved_is_failed_and_keeps_the_row(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """A tag whose HEAD keeps failing is reported failed; the other tags are still deleted
+    and remaining() keeps the row for the next run."""
+    release = unique_release()
+    pusher = registry.pusher()
+    pusher.image(f"{release}/airflow", "broken")
+    pusher.image(f"{release}/airflow", "fine", label="fine")
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("HEAD", "/manifests/broken", 500, times=None))
+    client = connect(registry, proxy.url)
+
+    work = plan_registry(client, expired(release), TEMPLATE, executor)[f"id-{release}"]
+    settled = execute(work)
+
+    assert outcomes(settled) == {
+        f"{release}/airflow:broken": "failed",
+        f"{release}/airflow:fine": "done",
+    }
+    error = next(r.error for a, r in settled if a.target.endswith(":broken"))
+    assert f"{release}/airflow:broken" in str(error)
+    assert "500" in str(error)
+    assert pusher.tags(f"{release}/airflow") == ["broken"]
+    assert "not fully swept" in str(work.remaining())
+
+
+def test_a_registry_failing_twice_then_recovering(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """503 twice on the listing and twice on the delete: retries absorb both."""
+    release = unique_release()
+    registry.pusher().image(f"{release}/airflow", "v1")
+    proxy = make_proxy(registry.url)
+    listing = proxy.inject(Fault("GET", "/tags/list", 503, times=2))
+    deleting = proxy.inject(Fault("DELETE", "/manifests/", 503, times=2))
+    client = connect(registry, proxy.url)
+
+    work = plan_registry(client, expired(release), TEMPLATE, executor)[f"id-{release}"]
+
+    assert outcomes(execute(work)) == {f"{release}/airflow:v1": "done"}
+    assert (listing.served, deleting.served) == (2, 2)
+    assert registry.pusher().tags(f"{release}/airflow") == []
+
+
+def test_tags_with_odd_characters(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """Valid but unusual tags are deleted like any other; names outside the tag grammar in a
+    listing are reported failed and never put into a request, so no other repository is
+    reached through them."""
+    release, other = unique_release(), unique_release("other")
+    pusher = registry.pusher()
+    odd = ["_underscore", "UPPER.case-1", "v1.2.3__rc", "x" * 128]
+    image = pusher.image(f"{release}/airflow", odd[0])
+    for tag in odd[1:]:
+        pusher.put_manifest(f"{release}/airflow", tag, image)
+    pusher.image(f"{other}/airflow", "v1")
+    proxy = make_proxy(registry.url)
+    client = connect(registry, proxy.url)
+    injected = [*odd, f"../../{other}/airflow/manifests/v1", "a b", "v1?x=1"]
+    fault = proxy.inject(
+        Fault(
+            "GET",
+            f"/v2/{release}/airflow/tags/list",
+            200,
+            json.dumps({"name": f"{release}/airflow", "tags": injected}).encode(),
+            {"Content-Type": "application/json"},
+        )
+    )
+
+    work = plan_registry(client, expired(release), TEMPLATE, executor)[f"id-{release}"]
+    settled = execute(work)
+
+    assert fault.served == 1
+    results = outcomes(settled)
+    assert {t: results[f"{release}/airflow:{t}"] for t in odd} == dict.fromkeys(odd, "done")
+    assert [r for t, r in results.items() if t.split(":", 1)[1] not in odd] == ["failed"] * 3
+    assert pusher.tags(f"{release}/airflow") == []
+    assert pusher.tags(f"{other}/airflow") == ["v1"]
+    assert not [p for _, p in proxy.paths if other in p or " " in p or "x=1" in p]
+    assert work.remaining() is not None
+
+
+def test_steps_run_on_the_sweepers_own_pool_do_not_deadlock(registry: Registry) -> None:
+    """Steps called from threads of the very pool they submit deletes to still finish."""
+    pusher = registry.pusher()
+    releases = [unique_release() for _ in range(4)]
+    for release in releases:
+        for n in range(3):
+            pusher.image(f"{release}/airflow", f"v{n}", label=f"{release}-{n}")
+    with ThreadPoolExecutor(2) as pool:
+        works = plan_registry(connect(registry), expired(*releases), TEMPLATE, pool)
+        futures = [pool.submit(execute, w) for w in works.values()]
+        settled = [pair for f in futures for pair in f.result(timeout=120)]
+
+    assert {r.outcome for _, r in settled} == {"done"}
+    assert len(settled) == 12
+    assert all(pusher.tags(f"{r}/airflow") == [] for r in releases)
+
+
+def test_requests_in_flight_never_exceed_the_concurrency(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """With JANITOR_CONCURRENCY=3, no more than 3 requests reach the registry at once, even
+    with steps called from 4 runner threads that help with their own deletes."""
+    pusher = registry.pusher()
+    releases = [unique_release() for _ in range(4)]
+    for release in releases:
+        for n in range(4):
+            pusher.image(f"{release}/airflow", f"v{n}", label=f"{release}-{n}")
+    proxy = make_proxy(registry.url, delay_s=0.01)
+    client = connect(registry, proxy.url, options=replace(FAST, pool_size=3))
+
+    with ThreadPoolExecutor(3) as http, ThreadPoolExecutor(4) as runner:
+        works = plan_registry(client, expired(*releases), TEMPLATE, http)
+        settled = [
+            pair for f in [runner.submit(execute, w) for w in works.values()] for pair in f.result()
+        ]
+
+    assert {r.outcome for _, r in settled} == {"done"}
+    assert proxy.max_in_flight <= 3
+    assert all(pusher.tags(f"{r}/airflow") == [] for r in releases)
+
+
+def test_repository_names_come_from_the_template(registry: Registry, executor: Executor) -> None:
+    """{release_snake} maps dashes to underscores; a template giving an invalid repository
+    name is a configuration error before anything is read."""
+    assert repository_name("{release_snake}/airflow", "my-app-1") == "my_app_1/airflow"
+    assert repository_name("astro/{release}", "my-app-1") == "astro/my-app-1"
+    with pytest.raises(ConfigurationError, match="JANITOR_REGISTRY_REPOSITORY_TEMPLATE"):
+        plan_registry(connect(registry), expired("my-app"), "Team/{release}", executor)
