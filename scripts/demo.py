@@ -11,8 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.es_standin import ElasticsearchStandin, running_standin  # noqa: E402
 from tests.prometheus_server import running_prometheus  # noqa: E402 - after sys.path setup
+from tests.registry_server import Registry, run_registry  # noqa: E402
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 HOUSTON_DB = "janitor_demo_houston"
@@ -106,6 +106,24 @@ def seed_logs(es: ElasticsearchStandin) -> None:
     print("  and a hidden .kibana_1 index 90 days old (never touched)")
 
 
+def seed_images(registry: Registry) -> None:
+    pusher = registry.pusher()
+    for release in FLEET:
+        repository = f"{release}/airflow"
+        image = pusher.image(repository, "deploy-1", label=release)
+        pusher.put_manifest(repository, "latest", image)  # two tags, one digest
+        if release != HALF_CLEANED:
+            pusher.index(repository, "deploy-2", oci=True, label=release)  # multi-arch
+    print("Registry: each deployment's <release>/airflow holds deploy-1 and latest (one digest);")
+    print("  all but the half-cleaned one also hold deploy-2, a multi-arch OCI index")
+
+
+def show_tags(registry: Registry) -> None:
+    pusher = registry.pusher()
+    held = {r: sorted(pusher.tags(f"{r}/airflow") or []) for r in FLEET}
+    print("tags left: " + "; ".join(f"{r}: {', '.join(t)}" for r, t in held.items() if t))
+
+
 def janitor(*args: str, env: dict[str, str]) -> int:
     command = [str(ROOT / ".venv" / "bin" / "janitor"), *args, "--log-format", "console"]
     print("$ janitor " + " ".join(args), flush=True)
@@ -128,40 +146,46 @@ def show_state() -> None:
     print(f"deployment databases left: {', '.join(dbs)}")
 
 
-@contextmanager
-def services(stack: ExitStack) -> Iterator[dict[str, str]]:
+def start_services(stack: ExitStack) -> tuple[dict[str, str], Registry]:
+    """Real PostgreSQL, Prometheus and registry; the ES 8 stand-in; the janitor's env."""
     subprocess.run(["bash", str(ROOT / "scripts" / "ensure-services.sh")], check=True)
     sandbox = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="janitor-demo-")))
     prometheus = stack.enter_context(
         running_prometheus(sandbox / "prometheus", "--storage.tsdb.retention.time=15d")
     )
     print(f"Prometheus (retention 15d) on {prometheus}")
+    registry = stack.enter_context(run_registry(sandbox / "registry"))
+    print(f"Docker registry (distribution, deletion enabled) on {registry.url}")
     # No Elasticsearch server package exists for Debian; the tests' ES 8 stand-in plays it.
     elasticsearch = stack.enter_context(running_standin())
-    seed_logs(elasticsearch)
     print(f"Elasticsearch stand-in (ES 8 API) on {elasticsearch.url}")
-    yield {
-        "JANITOR_ELASTICSEARCH_URL": elasticsearch.url,
+    seed_logs(elasticsearch)
+    env = {
         "JANITOR_HOUSTON_DSN": HOUSTON,
-        "JANITOR_REGISTRY_URL": "none",
+        "JANITOR_REGISTRY_URL": registry.url,
+        "JANITOR_ELASTICSEARCH_URL": elasticsearch.url,
         "JANITOR_PROMETHEUS_URL": prometheus,
     }
+    return env, registry
 
 
 def demo() -> int:
     with ExitStack() as stack:
         banner("Starting the local services")
-        env = stack.enter_context(services(stack))
+        env, registry = start_services(stack)
         banner("Seeding a small fleet")
         reset_and_seed()
+        seed_images(registry)
         banner("1. Dry run: what would go (nothing changes)")
         codes = [janitor("plan", env=env)]
         banner("2. Real run")
         codes.append(janitor("run", env=env))
         show_state()
+        show_tags(registry)
         banner("3. Second run: nothing left to do")
         codes.append(janitor("run", env=env))
         show_state()
+        show_tags(registry)
     banner(f"Exit codes: {codes} (0 = everything done)")
     return 0 if codes == [0, 0, 0] else 1
 
