@@ -76,7 +76,7 @@ import pytest
 from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
 
 from janitor.clients.elasticsearch import connect_elasticsearch
-from tests.prometheus_server import Tls, make_tls
+from tests.loopback import Tls, make_tls
 
 REAL_URL_ENV = "JANITOR_TEST_ELASTICSEARCH_URL"
 MAX_INITIAL_LINE = 4096

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import http.client
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -28,7 +27,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -39,7 +37,7 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from janitor.clients.http import HttpOptions
@@ -52,6 +50,7 @@ from janitor.clients.registry import (
     RegistryClient,
     connect_registry,
 )
+from tests.loopback import Tls, free_port, make_tls
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 LOOPBACK = "127.0.0.1"
@@ -63,12 +62,6 @@ READER = "reader"
 STARTUP_TIMEOUT_S = 15.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 def unique_release(prefix: str = "rel") -> str:
     """A release name no other test uses, valid for Houston (SPEC.md)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
@@ -77,58 +70,8 @@ def unique_release(prefix: str = "rel") -> str:
 # --- certificates and the token issuer -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Tls:
-    """A test CA and a server certificate it signed for 127.0.0.1."""
-
-    ca: Path
-    certificate: Path
-    key: Path
-
-
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def make_tls(directory: Path) -> Tls:
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("janitor test CA"))
-        .issuer_name(_name("janitor test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name(LOOPBACK))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(LOOPBACK))]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    tls = Tls(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
-    tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    tls.certificate.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return tls
 
 
 def libtrust_key_id(public_key: rsa.RSAPublicKey) -> str:
@@ -303,7 +246,7 @@ def run_registry(
         "http": {"secret": uuid.uuid4().hex},
     }
     if tls is not None:
-        config["http"]["tls"] = {"certificate": str(tls.certificate), "key": str(tls.key)}
+        config["http"]["tls"] = {"certificate": str(tls.cert), "key": str(tls.key)}
     if htpasswd is not None:
         _write_htpasswd(directory / "htpasswd", htpasswd)
         config["auth"] = {

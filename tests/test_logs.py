@@ -33,7 +33,7 @@ from tests.es_standin import (
     standin_only,
     tls,
 )
-from tests.prometheus_server import Tls
+from tests.loopback import Tls
 
 __all__ = ["es_cluster", "tls"]  # fixtures, imported for pytest
 

@@ -24,14 +24,12 @@ from janitor.sweepers.metrics import (
     read_retention,
     retention_from_flags,
 )
+from tests.loopback import Tls, free_port, make_tls
 from tests.prometheus_server import (
     LoopbackServer,
-    Tls,
     bearer_proxy,
-    free_port,
     kubernetes_api,
     login_page,
-    make_tls,
     running_prometheus,
     serving,
     web_config,

@@ -303,12 +303,8 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
-            # verify per request: requests would let REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from
-            # the environment override the session's CA bundle (psf/requests#3829).
             with self._in_flight:
-                return self._session.request(
-                    method, url, allow_redirects=False, verify=self._session.verify, **kwargs
-                )
+                return self._session.request(method, url, allow_redirects=False, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise RegistryError(
                 f"TLS verification of {urlsplit(url).netloc} failed ({_cause(exc)}); set "

@@ -277,9 +277,7 @@ def _api_data(client: requests.Session, url: str, path: str) -> dict[str, Any]:
     """The ``data`` of a Prometheus API answer."""
     where = display_url(url).rstrip("/") + path
     try:
-        # Passed per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a
-        # session's CA bundle (psf/requests#3829, #4726).
-        response = client.get(url.rstrip("/") + path, verify=client.verify)
+        response = client.get(url.rstrip("/") + path)
     except requests.exceptions.SSLError as exc:
         raise RetentionUnreadable(
             f"TLS verification of {where} failed: {_cause(exc)}; set "
