@@ -19,6 +19,9 @@ from psycopg import sql
 
 from janitor.cli import main
 
+# Fixture modules shared by several test files (the Kubernetes API stand-in's `api`).
+pytest_plugins = ["tests.k8s_api_server"]
+
 PG_HOST = os.environ.get("JANITOR_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("JANITOR_TEST_PG_PORT", "5432")
 ADMIN_DSN = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"

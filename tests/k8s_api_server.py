@@ -31,6 +31,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
+from kubernetes import client
+
 LEASES = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/?]+))?$")
 EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
 CRONJOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/cronjobs/([^/?]+)$")
@@ -261,3 +264,14 @@ def running_api_server() -> Iterator[tuple[str, ApiState]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[client.ApiClient, ApiState]]:
+    """A real kubernetes ApiClient pointed at a fresh stand-in, and the stand-in's state."""
+    with running_api_server() as (url, state):
+        api_client = client.ApiClient(client.Configuration(host=url))
+        try:
+            yield api_client, state
+        finally:
+            api_client.close()  # type: ignore[no-untyped-call]

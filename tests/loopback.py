@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +97,13 @@ def make_tls(directory: Path) -> Tls:
         )
     )
     return tls
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminates a server started by a test, killing it if it does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -22,7 +22,7 @@ from typing import Any
 
 import bcrypt
 
-from tests.loopback import Tls, free_port
+from tests.loopback import Tls, free_port, stop
 
 PROMETHEUS = "/usr/bin/prometheus"
 READY_LINE = "Server is ready to receive web requests."
@@ -62,12 +62,7 @@ def running_prometheus(
         _wait_for_line(process, log, READY_LINE)
         yield f"{scheme}://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def _wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str) -> None:

@@ -50,7 +50,7 @@ from janitor.clients.registry import (
     RegistryClient,
     connect_registry,
 )
-from tests.loopback import Tls, free_port, make_tls
+from tests.loopback import Tls, free_port, make_tls, stop
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 LOOPBACK = "127.0.0.1"
@@ -286,12 +286,7 @@ def run_registry(
         try:
             yield registry
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 class RegistryExitedError(RuntimeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from janitor.errors import ConfigurationError
 from janitor.lease import hold_lease, in_cluster_api_client, post_run_event
-from tests.k8s_api_server import ApiState, running_api_server
+from tests.k8s_api_server import ApiState
 
 NAMESPACE = "astronomer"
 LEASE = "astro-janitor"
@@ -27,16 +26,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def api() -> Iterator[tuple[client.ApiClient, ApiState]]:
-    with running_api_server() as (url, state):
-        api_client = client.ApiClient(client.Configuration(host=url))
-        try:
-            yield api_client, state
-        finally:
-            api_client.close()  # type: ignore[no-untyped-call]
 
 
 def lease_spec(state: ApiState) -> dict[str, object]:

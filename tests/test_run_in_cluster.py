@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
 from kubernetes import client
 
 from janitor.config import load_settings
 from janitor.events import make_logger
 from janitor.runner import run
 from tests.conftest import Houston
-from tests.k8s_api_server import ApiState, running_api_server
+from tests.k8s_api_server import ApiState
 from tests.test_races_and_resume import _Sink
 
 NAMESPACE = "astronomer"
@@ -25,16 +23,6 @@ IN_CLUSTER = {
 }
 
 
-@pytest.fixture
-def kube() -> Iterator[tuple[client.ApiClient, ApiState]]:
-    with running_api_server() as (url, state):
-        api_client = client.ApiClient(client.Configuration(host=url))
-        try:
-            yield api_client, state
-        finally:
-            api_client.close()  # type: ignore[no-untyped-call]
-
-
 def run_in_cluster(env: dict[str, str], api_client: client.ApiClient) -> tuple[int, str]:
     out = _Sink()
     settings = load_settings({}, env | IN_CLUSTER)
@@ -43,10 +31,12 @@ def run_in_cluster(env: dict[str, str], api_client: client.ApiClient) -> tuple[i
 
 
 def test_a_manual_job_skips_while_the_scheduled_run_holds_the_lease(
-    houston: Houston, env: dict[str, str], kube: tuple[client.ApiClient, ApiState]
+    houston: Houston,
+    env: dict[str, str],
+    api: tuple[client.ApiClient, ApiState],
 ) -> None:
     """Another pod's valid Lease: run.skipped, exit 0, nothing dropped."""
-    api_client, state = kube
+    api_client, state = api
     release = houston.deployment("old", deleted_days_ago=30)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with state.lock:
@@ -71,10 +61,12 @@ def test_a_manual_job_skips_while_the_scheduled_run_holds_the_lease(
 
 
 def test_a_run_takes_and_releases_the_lease_and_posts_its_summary_event(
-    houston: Houston, env: dict[str, str], kube: tuple[client.ApiClient, ApiState]
+    houston: Houston,
+    env: dict[str, str],
+    api: tuple[client.ApiClient, ApiState],
 ) -> None:
     """The Lease is held as the pod during the run and released after; the Event summarises."""
-    api_client, state = kube
+    api_client, state = api
     houston.deployment("old", deleted_days_ago=30)
 
     code, _ = run_in_cluster(env, api_client)
@@ -92,10 +84,10 @@ def test_a_run_takes_and_releases_the_lease_and_posts_its_summary_event(
 
 
 def test_a_logs_or_metrics_only_run_takes_only_the_lease(
-    kube: tuple[client.ApiClient, ApiState],
+    api: tuple[client.ApiClient, ApiState],
 ) -> None:
     """Without a Houston DSN the run is still serialised by the Lease (SPEC.md step 1)."""
-    api_client, state = kube
+    api_client, state = api
 
     code, text = run_in_cluster({"JANITOR_PROMETHEUS_URL": "http://127.0.0.1:1"}, api_client)
 
