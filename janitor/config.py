@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -82,7 +83,8 @@ Workers = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=64)]
 Optional = BeforeValidator(_empty_is_unset)
 OptStr = Annotated[str | None, Optional]
 OptSecret = Annotated[SecretStr | None, Optional]
-OptPath = Annotated[Path | None, Optional]
+# A CA bundle must exist before anything connects, whichever remote it is for.
+CaBundle = Annotated[FilePath | None, Optional]
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
 
 TEMPLATE_FIELDS = frozenset({"release", "release_snake"})
@@ -163,14 +165,14 @@ class Settings(BaseModel):
     registry_username: OptStr = None
     registry_password: OptSecret = None
     registry_token: OptSecret = None
-    registry_ca_bundle: OptPath = None
+    registry_ca_bundle: CaBundle = None
     registry_repository_template: str = "{release}/airflow"
 
     elasticsearch_url: OptStr = None
     elasticsearch_username: OptStr = None
     elasticsearch_password: OptSecret = None
     elasticsearch_api_key: OptSecret = None
-    elasticsearch_ca_bundle: OptPath = None
+    elasticsearch_ca_bundle: CaBundle = None
     log_retention_days: Days = 15
     log_index_patterns: Names = ("fluentd.*", "vector.*")
     log_age_source: Literal["creation_date", "name"] = "creation_date"
@@ -180,7 +182,7 @@ class Settings(BaseModel):
     prometheus_username: OptStr = None
     prometheus_password: OptSecret = None
     prometheus_token: OptSecret = None
-    prometheus_ca_bundle: OptPath = None
+    prometheus_ca_bundle: CaBundle = None
     prometheus_source: Literal["http", "kubernetes"] = "http"
     prometheus_kind: Literal["prometheus", "statefulset"] = "statefulset"
     prometheus_namespace: OptStr = None
@@ -430,6 +432,8 @@ def _plain_message(error: Any) -> str:
         return f"must be at most {ctx['le']}"
     if kind == "literal_error":
         return f"{error['input']!r} is not one of {ctx['expected']}"
+    if kind in ("path_not_file", "path_type"):
+        return "no such file"
     if kind in ("bool_parsing", "bool_type"):
         return "must be true or false"
     return " ".join(str(error["msg"]).removeprefix("Value error, ").split())

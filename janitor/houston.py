@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from janitor.config import Settings
 from janitor.plan import ABSENT, DONE, Deployment, Result, failed
 
 RELEASE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -54,6 +55,16 @@ class Table:
         return sql.SQL(
             "{deleted} IS NOT NULL AND {deleted} <= %(now)s - make_interval(days => %(days)s)"
         ).format(**self.columns())
+
+
+def table_of(settings: Settings) -> Table:
+    return Table(
+        schema=settings.houston_schema,
+        table=settings.houston_table,
+        id_column=settings.houston_id_column,
+        release_column=settings.houston_release_column,
+        deleted_column=settings.houston_deleted_column,
+    )
 
 
 @dataclass(frozen=True)

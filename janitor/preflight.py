@@ -6,11 +6,8 @@ Exit 0 when every configured component is fine, 1 listing what is missing (SPEC.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from janitor import houston
 from janitor.clients.elasticsearch import (
@@ -57,13 +54,7 @@ def check(settings: Settings, log: Log) -> int:
 
 
 def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
-    table = houston.Table(
-        settings.houston_schema,
-        settings.houston_table,
-        settings.houston_id_column,
-        settings.houston_release_column,
-        settings.houston_deleted_column,
-    )
+    table = houston.table_of(settings)
     with houston.connect(conninfo) as conn:
         found = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL",
@@ -86,7 +77,7 @@ def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
         # FOR UPDATE needs UPDATE; the purge needs DELETE.
         for privilege in ("SELECT", "UPDATE", "DELETE"):
             row = conn.execute(
-                sql.SQL("SELECT has_table_privilege(current_user, %s, %s)"),
+                "SELECT has_table_privilege(current_user, %s, %s)",
                 (table.ident().as_string(conn), privilege),
             ).fetchone()
             if not (row and row[0]):
@@ -116,13 +107,4 @@ def prometheus_problems(settings: Settings) -> list[str]:
 
 
 def airflow_problems(conninfo: str) -> Iterator[str]:
-    yield from databases.server_problems(_connection(conninfo))
-
-
-def _connection(conninfo: str) -> Callable[[], Any]:
-    @contextmanager
-    def connect() -> Iterator[psycopg.Connection[Any]]:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            yield conn
-
-    return connect
+    yield from databases.server_problems(lambda: psycopg.connect(conninfo, autocommit=True))

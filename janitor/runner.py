@@ -33,6 +33,7 @@ from janitor.errors import ConfigurationError
 from janitor.events import Log, Recorder
 from janitor.lease import hold_lease, post_run_event
 from janitor.plan import (
+    PLANNED,
     Action,
     Deployment,
     DeploymentWork,
@@ -68,16 +69,6 @@ class Context:
     recorder: Recorder
     houston_pool: ConnectionPool[psycopg.Connection[Any]] | None
     workers: Executor
-
-
-def houston_table(settings: Settings) -> houston.Table:
-    return houston.Table(
-        schema=settings.houston_schema,
-        table=settings.houston_table,
-        id_column=settings.houston_id_column,
-        release_column=settings.houston_release_column,
-        deleted_column=settings.houston_deleted_column,
-    )
 
 
 def open_pool(conninfo: str, size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -191,7 +182,7 @@ def _run(settings: Settings, recorder: Recorder, clock: Clock, kube: ApiClient |
                 recorder.log.info("run.skipped", reason=reason)
                 return 0
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
-        table = houston_table(settings)
+        table = houston.table_of(settings)
         plan = build_plan(settings, stack, main, table, now, kube=kube)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
@@ -399,9 +390,9 @@ def _purge_action(deployment: Deployment) -> Action:
     return Action(
         "deployment.purge",
         deployment.release_name or deployment.id,
-        Result("planned"),
+        PLANNED,
         deployment.release_name or None,
-        {"id": deployment.id},
+        {"id": deployment.id, "deleted_at": deployment.deleted_at},
     )
 
 

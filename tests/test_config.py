@@ -49,6 +49,12 @@ SECRET = "p4ss-w0rd"
         ({"JANITOR_LOG_AGE_SOURCE": "mtime"}, "'mtime' is not one of"),
         ({"JANITOR_LOG_INDEX_PATTERNS": "*"}, "would address more than log indices"),
         ({"JANITOR_LOG_TIMESTRING": "%Y.%q"}, "unsupported directive %q"),
+        (
+            {"JANITOR_PROMETHEUS_CA_BUNDLE": "/nonexistent/ca.pem"},
+            "JANITOR_PROMETHEUS_CA_BUNDLE='/nonexistent/ca.pem' (environment): no such file",
+        ),
+        ({"JANITOR_REGISTRY_CA_BUNDLE": "/nonexistent/ca.pem"}, "no such file"),
+        ({"JANITOR_ELASTICSEARCH_CA_BUNDLE": "/nonexistent/ca.pem"}, "no such file"),
     ],
 )
 def test_invalid_settings_exit_2_with_one_line_naming_setting_and_value(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tests.conftest import Houston, existing_databases, existing_roles, janitor
 
 
@@ -18,6 +20,7 @@ def test_expired_deployment_loses_database_and_roles_and_its_row_goes_last(
     recent = houston.deployment("recent", deleted_days_ago=3)
     live = houston.deployment("live")
     database, roles = resources(expired)
+    deleted_at = houston.rows()[expired]
 
     run = janitor(["run"], env)
 
@@ -25,6 +28,8 @@ def test_expired_deployment_loses_database_and_roles_and_its_row_goes_last(
     assert run.outcomes("database.drop") == {database: "done"}
     assert run.outcomes("role.drop") == dict.fromkeys(roles, "done")
     assert run.outcomes("deployment.purge") == {expired: "done"}
+    reported = datetime.fromisoformat(run.of("deployment.purge")[0]["deleted_at"])
+    assert reported == deleted_at
     purge_index = run.events.index(run.of("deployment.purge")[0])
     assert all(run.events.index(e) < purge_index for e in run.of("role.drop"))
     assert existing_databases([database]) == set()

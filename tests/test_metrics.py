@@ -341,7 +341,6 @@ def test_an_agent_keeps_no_metrics(tmp_path: Path) -> None:
             "JANITOR_PROMETHEUS_TOKEN and JANITOR_PROMETHEUS_USERNAME",
         ),
         ({"password": "p"}, "JANITOR_PROMETHEUS_PASSWORD is set without a username"),
-        ({"ca_bundle": Path("/nonexistent/ca.pem")}, "JANITOR_PROMETHEUS_CA_BUNDLE"),
     ],
 )
 def test_contradictory_auth_settings_are_configuration_errors(

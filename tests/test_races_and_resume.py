@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -249,7 +249,7 @@ def test_ages_are_measured_with_the_database_clock_not_the_pod_clock(
     recent = houston.deployment("recent", deleted_days_ago=3)
     settings = load_settings({}, env)
     pod_clock = datetime.now(UTC) + timedelta(days=365)
-    out = _Sink()
+    out = io.StringIO()
 
     code = run_janitor(
         settings,
@@ -259,7 +259,7 @@ def test_ages_are_measured_with_the_database_clock_not_the_pod_clock(
 
     assert code == 0
     assert recent in houston.rows()
-    assert "database.drop" not in out.text
+    assert "database.drop" not in out.getvalue()
 
 
 def test_registry_not_swept_keeps_the_row_after_dropping_databases(
@@ -275,19 +275,3 @@ def test_registry_not_swept_keeps_the_row_after_dropping_databases(
     assert set(run.outcomes("database.drop").values()) == {"done"}
     assert run.of("deployment.purge")[0]["reason"] == "registry not swept"
     assert release in houston.rows()
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.text = ""
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> None:
-        with self._lock:
-            self.text += text
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
 from kubernetes import client
@@ -11,7 +12,6 @@ from janitor.events import make_logger
 from janitor.runner import run
 from tests.conftest import Houston
 from tests.k8s_api_server import ApiState
-from tests.test_races_and_resume import _Sink
 
 NAMESPACE = "astronomer"
 IN_CLUSTER = {
@@ -24,10 +24,10 @@ IN_CLUSTER = {
 
 
 def run_in_cluster(env: dict[str, str], api_client: client.ApiClient) -> tuple[int, str]:
-    out = _Sink()
+    out = io.StringIO()
     settings = load_settings({}, env | IN_CLUSTER)
     log = make_logger("json", run_id="t", dry_run=settings.dry_run, stream=out)
-    return run(settings, log, kube=api_client), out.text
+    return run(settings, log, kube=api_client), out.getvalue()
 
 
 def test_a_manual_job_skips_while_the_scheduled_run_holds_the_lease(

@@ -90,8 +90,6 @@ def connect_prometheus(
         )
     if password and not username:
         raise ConfigurationError("JANITOR_PROMETHEUS_PASSWORD is set without a username")
-    if ca_bundle is not None and not ca_bundle.exists():
-        raise ConfigurationError(f"JANITOR_PROMETHEUS_CA_BUNDLE={str(ca_bundle)!r} does not exist")
     session = make_session(replace(PROMETHEUS_HTTP, ca_bundle=ca_bundle))
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
