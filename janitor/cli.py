@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from janitor.events import default_format, make_logger, new_run_id
 from janitor.lease import in_cluster_api_client
 from janitor.preflight import check
 from janitor.runner import run
+from janitor.stopping import Stop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,4 +90,7 @@ def main(
     except ConfigurationError as exc:
         print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    return run(settings, log, kube=kube)
+    stop = Stop()
+    # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
+    with stop.on_signals(signal.SIGTERM, signal.SIGINT):
+        return run(settings, log, kube=kube, stop=stop)

@@ -8,7 +8,6 @@ the value, secrets masked.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from janitor import redact
 from janitor.errors import ConfigurationError
+from janitor.naming import (
+    SAMPLE_RELEASE,
+    Templates,
+    check_template,
+    identifier_refusal,
+    render,
+    repository_refusal,
+)
 from janitor.sweepers import logs
 
 T = TypeVar("T")
@@ -37,19 +45,6 @@ Subsystem = Literal["databases", "registry", "logs", "metrics"]
 SUBSYSTEMS: tuple[Subsystem, ...] = ("databases", "registry", "logs", "metrics")
 ENV_PREFIX = "JANITOR_"
 NO_REGISTRY = "none"
-MASK = "***"
-
-# Values a human may see: DSN passwords in URI form (user:secret@) and key=value form.
-_URI_PASSWORD = re.compile(
-    r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.I
-)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
-
-
-def mask_dsn(text: str) -> str:
-    """The text with every DSN/URL password replaced, also when the DSN is malformed."""
-    text = _URI_PASSWORD.sub(lambda m: m["head"] + MASK, text)
-    return _KV_PASSWORD.sub(lambda m: m["head"] + MASK, text)
 
 
 def _whole_number(value: Any) -> Any:
@@ -87,26 +82,6 @@ OptSecret = Annotated[SecretStr | None, Optional]
 CaBundle = Annotated[FilePath | None, Optional]
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
 
-TEMPLATE_FIELDS = frozenset({"release", "release_snake"})
-
-
-def check_template(template: str) -> str:
-    """A name template uses only {release} / {release_snake}, at least one of them."""
-    try:
-        fields = [
-            (name, spec, conv)
-            for _, name, spec, conv in string.Formatter().parse(template)
-            if name is not None
-        ]
-    except ValueError as exc:
-        raise ValueError(f"is not a valid template ({exc})") from exc
-    if not fields:
-        raise ValueError("must contain {release} or {release_snake}")
-    for name, spec, conv in fields:
-        if name not in TEMPLATE_FIELDS or spec or conv:
-            raise ValueError(f"may only use {{release}} and {{release_snake}}, found {{{name}}}")
-    return template
-
 
 def _sweeper_rule(rule: Callable[[T], object], value: T) -> T:
     """Applies a sweeper's own validation at load time, so it fails before anything connects."""
@@ -118,17 +93,36 @@ def _sweeper_rule(rule: Callable[[T], object], value: T) -> T:
     return value
 
 
-def render(template: str, release: str) -> str:
-    return template.format(release=release, release_snake=release.replace("-", "_"))
+def _template_giving(template: str, refusal: Callable[[str], str | None]) -> str:
+    """A template that gives a valid name for an ordinary release name; one that cannot
+    is a configuration error, while a release name too odd for a valid template only
+    skips that deployment (naming.Templates.refusal)."""
+    check_template(template)
+    name = render(template, SAMPLE_RELEASE)
+    problem = refusal(name)
+    if problem is not None:
+        raise ValueError(f"gives {name!r} for release {SAMPLE_RELEASE!r}, which {problem}")
+    return template
 
 
 def _check_dsn(value: SecretStr | None) -> SecretStr | None:
     if value is None:
         return None
+    conninfo = value.get_secret_value()
     try:
-        psycopg.conninfo.conninfo_to_dict(value.get_secret_value())
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
-        raise ValueError(f"is not a valid PostgreSQL DSN ({mask_dsn(str(exc))})") from None
+        # libpq quotes the token it could not read, which may be the password itself.
+        problem = redact.quoted_fragments_masked(
+            " ".join(str(exc).split()), redact.password_region(conninfo)
+        )
+        raise ValueError(f"is not a valid PostgreSQL DSN ({problem})") from None
+    # libpq splits user info at the first "@", so an unencoded "@" in a password leaves its
+    # tail in the host name, where it would be shown as if it were no secret.
+    if "@" in str(params.get("host", "")):
+        raise ValueError(
+            "has an '@' in its host: percent-encode '@' in the password as %40"
+        ) from None
     return value
 
 
@@ -214,15 +208,20 @@ class Settings(BaseModel):
     def _urls(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("database_template", "registry_repository_template")
+    @field_validator("database_template")
     @classmethod
     def _template(cls, value: str) -> str:
-        return check_template(value)
+        return _template_giving(value, identifier_refusal)
 
     @field_validator("role_templates")
     @classmethod
     def _role_templates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_template(t) for t in value)
+        return tuple(_template_giving(t, identifier_refusal) for t in value)
+
+    @field_validator("registry_repository_template")
+    @classmethod
+    def _repository_template(cls, value: str) -> str:
+        return _template_giving(value, repository_refusal)
 
     @field_validator("log_index_patterns")
     @classmethod
@@ -290,6 +289,17 @@ class Settings(BaseModel):
         """The platform keeps no images (JANITOR_REGISTRY_URL=none): nothing to sweep there."""
         return self.registry_url == NO_REGISTRY
 
+    def templates(self) -> Templates:
+        """How release names become resource names; the repository counts only when the
+        registry is swept in this run."""
+        return Templates(
+            database=self.database_template,
+            roles=self.role_templates,
+            repository=(
+                self.registry_repository_template if "registry" in self.subsystems else None
+            ),
+        )
+
     def reveal(self, name: str) -> str | None:
         """The plain value of a secret setting, for the client that needs it."""
         value = getattr(self, name)
@@ -312,15 +322,13 @@ class Settings(BaseModel):
             if not isinstance(value, SecretStr):
                 continue
             secret = value.get_secret_value()
-            if name.endswith("_dsn"):
-                password = psycopg.conninfo.conninfo_to_dict(secret).get("password")
-                if password:
-                    found.append(str(password))
-            elif secret:
-                found.append(secret)
+            password = redact.dsn_password(secret) if name.endswith("_dsn") else secret
+            if password:
+                found.append(password)
         for url in (self.registry_url, self.elasticsearch_url, self.prometheus_url):
-            if url and urlsplit(url).password:
-                found.append(str(urlsplit(url).password))
+            password = redact.url_password(url) if url else None
+            if password:
+                found.append(password)
         return tuple(found)
 
     def summary(self) -> dict[str, Any]:
@@ -330,13 +338,13 @@ class Settings(BaseModel):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 if name.endswith("_dsn"):
-                    shown[name] = mask_dsn(value.get_secret_value())
+                    shown[name] = redact.display_dsn(value.get_secret_value())
                 else:
-                    shown[name] = MASK
+                    shown[name] = redact.MASK
             elif isinstance(value, Path):
                 shown[name] = str(value)
             elif isinstance(value, str) and name.endswith("_url"):
-                shown[name] = mask_dsn(value)
+                shown[name] = redact.display_url(value)
             else:
                 shown[name] = list(value) if isinstance(value, tuple) else value
         return shown
@@ -390,8 +398,8 @@ def _file_values(path: Path) -> dict[str, tuple[Any, Source]]:
 
 def _shown(name: str, value: Any) -> str:
     if name in SECRET_FIELDS:
-        return repr(mask_dsn(str(value))) if name.endswith("_dsn") else MASK
-    return repr(mask_dsn(value) if isinstance(value, str) else value)
+        return repr(redact.display_dsn(str(value))) if name.endswith("_dsn") else redact.MASK
+    return repr(redact.mask_text(value) if isinstance(value, str) else value)
 
 
 def load_settings(

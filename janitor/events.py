@@ -17,8 +17,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from janitor.config import MASK, mask_dsn
 from janitor.plan import Action, Result
+from janitor.redact import Scrubber
 
 LogFormat = Literal["json", "console"]
 Log = structlog.typing.FilteringBoundLogger
@@ -34,14 +34,12 @@ def default_format(stream: TextIO) -> LogFormat:
 
 
 def redactor(secrets: Iterable[str]) -> Processor:
-    """Masks every known secret and every DSN/URL password in every string of the event."""
-    known = sorted({s for s in secrets if s}, key=len, reverse=True)
+    """Masks secrets in every string of the event (janitor.redact.Scrubber)."""
+    scrubber = Scrubber(secrets)
 
     def scrub(value: Any) -> Any:
         if isinstance(value, str):
-            for secret in known:
-                value = value.replace(secret, MASK)
-            return mask_dsn(value)
+            return scrubber(value)
         if isinstance(value, Mapping):
             return {k: scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -7,8 +7,7 @@ window (SPEC.md "Safety rules").
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +19,6 @@ from psycopg import sql
 from janitor.config import Settings
 from janitor.plan import ABSENT, DONE, Deployment, Result, failed
 
-RELEASE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 # A fixed key for pg_try_advisory_lock: "astro-janitor run lock" (any constant will do, as
 # long as every janitor on the same Houston database agrees on it).
 RUN_LOCK_KEY = 0x4A414E49544F52  # "JANITOR" in ASCII
@@ -109,33 +107,37 @@ def release_run_lock(conn: psycopg.Connection[Any]) -> None:
 
 
 def read_fleet(
-    conn: psycopg.Connection[Any], table: Table, *, now: datetime, retention_days: int
+    conn: psycopg.Connection[Any],
+    table: Table,
+    *,
+    now: datetime,
+    retention_days: int,
+    refusal: Callable[[str | None], str | None],
 ) -> Fleet:
-    """Expired deployments with valid, unshared release names; the others as rejected."""
+    """Expired deployments the janitor may act on; the others as rejected, with why.
+
+    ``refusal`` names what is wrong with a release name (naming.Templates.refusal): an
+    invalid name, or one from which a resource name cannot be built. A release name that
+    also belongs to a row that is live or not yet expired is rejected too.
+    """
     query = sql.SQL(
-        "SELECT {id}::text, {release}, {deleted}::text FROM {table}"
+        "SELECT {id}::text, {release}::text, {deleted}::text FROM {table}"
         " WHERE {expired} ORDER BY {deleted}, {id}"
     ).format(expired=table.expired_condition(), **table.columns())
     params = {"now": now, "days": retention_days}
     rows = conn.execute(query, params).fetchall()
-    expired: list[Deployment] = []
+    candidates: list[Deployment] = []
     rejected: list[Rejected] = []
     for row_id, release, deleted_at in rows:
         deployment = Deployment(id=row_id, release_name=release or "", deleted_at=deleted_at)
-        if not release:
-            rejected.append(Rejected(deployment, "release name is empty"))
-        elif not RELEASE_NAME.match(release):
-            rejected.append(
-                Rejected(
-                    deployment,
-                    f"invalid release name {release!r}: names must match {RELEASE_NAME.pattern}",
-                )
-            )
+        reason = refusal(release)
+        if reason is None:
+            candidates.append(deployment)
         else:
-            expired.append(deployment)
-    in_use = _names_in_use(conn, table, [d.release_name for d in expired], params)
+            rejected.append(Rejected(deployment, reason))
+    in_use = _names_in_use(conn, table, [d.release_name for d in candidates], params)
     valid = []
-    for deployment in expired:
+    for deployment in candidates:
         if deployment.release_name in in_use:
             # Its databases and images would be the live deployment's: never touch them.
             rejected.append(

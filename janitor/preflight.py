@@ -6,6 +6,7 @@ Exit 0 when every configured component is fine, 1 listing what is missing (SPEC.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import psycopg
 
@@ -16,9 +17,9 @@ from janitor.clients.elasticsearch import (
 )
 from janitor.config import Settings
 from janitor.events import Log
+from janitor.naming import SAMPLE_RELEASE, render
 from janitor.remotes import elasticsearch_client, prometheus_client, registry_client
 from janitor.sweepers import databases, metrics
-from janitor.sweepers.registry import repository_name
 
 Probe = Callable[[], Iterable[str]]
 
@@ -82,12 +83,35 @@ def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
             ).fetchone()
             if not (row and row[0]):
                 yield f"missing {privilege} on {settings.houston_schema}.{settings.houston_table}"
+        yield from _rows_never_swept(settings, table, conn)
+
+
+# Enough rows to show the kind of trouble; the run reports every one of them.
+ROWS_SHOWN = 5
+
+
+def _rows_never_swept(
+    settings: Settings, table: houston.Table, conn: psycopg.Connection[Any]
+) -> Iterator[str]:
+    """Expired rows that every run will skip and keep, until an operator looks at them."""
+    fleet = houston.read_fleet(
+        conn,
+        table,
+        now=houston.server_now(conn),
+        retention_days=settings.retention_days,
+        refusal=settings.templates().refusal,
+    )
+    for rejected in fleet.rejected[:ROWS_SHOWN]:
+        row = rejected.deployment
+        yield f"expired deployment row id={row.id} is skipped on every run: {rejected.reason}"
+    if len(fleet.rejected) > ROWS_SHOWN:
+        yield f"... and {len(fleet.rejected) - ROWS_SHOWN} more such rows (see `janitor plan`)"
 
 
 def registry_problems(settings: Settings) -> list[str]:
     client = registry_client(settings)
     try:
-        hint = repository_name(settings.registry_repository_template, "janitor-check")
+        hint = render(settings.registry_repository_template, SAMPLE_RELEASE)
         return client.check(hint)
     finally:
         client.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -25,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from janitor import __version__, houston
+from janitor import __version__, houston, redact
 from janitor.clients.elasticsearch import describe as describe_es_error
 from janitor.clients.elasticsearch import verify_elasticsearch
 from janitor.config import Settings
@@ -46,6 +47,7 @@ from janitor.plan import (
     skipped,
 )
 from janitor.remotes import elasticsearch_client, prometheus_client, registry_client
+from janitor.stopping import Stop
 from janitor.sweepers import databases, logs, metrics, registry
 
 Clock = Callable[[], datetime]
@@ -69,6 +71,7 @@ class Context:
     recorder: Recorder
     houston_pool: ConnectionPool[psycopg.Connection[Any]] | None
     workers: Executor
+    stop: Stop
 
 
 def open_pool(conninfo: str, size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -84,13 +87,21 @@ def open_pool(conninfo: str, size: int, name: str) -> ConnectionPool[psycopg.Con
 
 
 def run(
-    settings: Settings, log: Log, *, clock: Clock = utc_now, kube: ApiClient | None = None
+    settings: Settings,
+    log: Log,
+    *,
+    clock: Clock = utc_now,
+    kube: ApiClient | None = None,
+    stop: Stop | None = None,
 ) -> int:
-    """Performs one run and returns its exit code; run.finished is always the last line.
+    """Performs one run and returns its exit code; run.finished is always the last line,
+    whatever is raised (a bug included: exit 1 with the error and where it was raised).
 
     ``clock`` is the pod's clock (used only without a Houston database, and for the Lease);
-    ``kube`` is the Kubernetes API client when running in a cluster.
+    ``kube`` is the Kubernetes API client when running in a cluster; once ``stop`` is
+    requested (SIGTERM), no new work starts and the run ends with exit 1.
     """
+    stop = stop if stop is not None else Stop()
     started = time.monotonic()
     recorder = Recorder(log)
     log.info(
@@ -100,14 +111,21 @@ def run(
         config=settings.summary(),
     )
     error: str | None = None
+    raised_at: str | None = None
     try:
-        code = _run(settings, recorder, clock, kube)
+        code = _run(settings, recorder, clock, kube, stop)
     except ConfigurationError as exc:
         code, error = 2, str(exc)
     except psycopg.Error as exc:
         code, error = 1, f"Houston database: {houston.describe(exc)}"
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         code, error = 1, f"Kubernetes API: {_kubernetes_error(exc)}"
+    except Exception as exc:  # noqa: BLE001 - SPEC.md: run.finished is always the last line
+        code, error = 1, f"unexpected error: {type(exc).__name__}: {exc}"
+        raised_at = _raised_at(exc)
+    stopped = stop.reason()
+    if stopped is not None and code in (0, 3):
+        code = 1  # work was left undone on purpose: not a success
     finished: dict[str, Any] = {
         "counts": recorder.counts(),
         "exit_code": code,
@@ -115,6 +133,10 @@ def run(
     }
     if error is not None:
         finished["error"] = error
+    if raised_at is not None:
+        finished["raised_at"] = raised_at
+    if stopped is not None:
+        finished["reason"] = stopped
     if registry.garbage_collect_due(finished["counts"]):
         finished["registry_garbage_collect"] = registry.GARBAGE_COLLECT_DUE
     event_error = _post_summary_event(settings, kube, finished, code)
@@ -122,6 +144,12 @@ def run(
         finished["kubernetes_event_error"] = event_error
     (log.error if code in (1, 2) else log.info)("run.finished", **finished)
     return code
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``file:line in function`` (no message: it may quote data)."""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
 def _kubernetes_error(exc: Exception) -> str:
@@ -150,7 +178,9 @@ def _post_summary_event(
     return None
 
 
-def _run(settings: Settings, recorder: Recorder, clock: Clock, kube: ApiClient | None) -> int:
+def _run(
+    settings: Settings, recorder: Recorder, clock: Clock, kube: ApiClient | None, stop: Stop
+) -> int:
     dry_run = settings.dry_run
     with ExitStack() as stack:
         conninfo = settings.houston_conninfo()
@@ -191,7 +221,7 @@ def _run(settings: Settings, recorder: Recorder, clock: Clock, kube: ApiClient |
         pool = None
         if plan.deployments and not dry_run and conninfo is not None:
             pool = stack.enter_context(open_pool(conninfo, settings.concurrency, "houston"))
-        context = Context(settings, table, now, dry_run, recorder, pool, workers)
+        context = Context(settings, table, now, dry_run, recorder, pool, workers, stop)
         execute(plan, context)
     outcomes = recorder.outcomes()
     if "failed" in outcomes:
@@ -217,7 +247,13 @@ def build_plan(
     steps: list[Step] = []
     blocked: list[str] = []
     if main is not None and ("databases" in subsystems or "registry" in subsystems):
-        fleet = houston.read_fleet(main, table, now=now, retention_days=settings.retention_days)
+        fleet = houston.read_fleet(
+            main,
+            table,
+            now=now,
+            retention_days=settings.retention_days,
+            refusal=settings.templates().refusal,
+        )
         works = [DeploymentWork(d) for d in fleet.expired]
         works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
         expired = [w.deployment for w in works if w.blocked is None]
@@ -239,11 +275,25 @@ def build_plan(
         if "registry" not in subsystems and not settings.registry_swept_by_definition:
             blocked.append("registry not swept")
     if "logs" in subsystems:
-        steps += _plan_logs(settings, now)
+        target = ",".join(settings.log_index_patterns)
+        steps += _contained(logs.EVENT, target, lambda: _plan_logs(settings, now))
     if "metrics" in subsystems:
-        steps += _plan_metrics(settings, kube)
+        target = redact.display_url(settings.prometheus_url or "kubernetes")
+        steps += _contained(metrics.EVENT, target, lambda: _plan_metrics(settings, kube))
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
+
+
+def _contained(event: str, target: str, plan: Callable[[], list[Step]]) -> list[Step]:
+    """A standalone sweeper's plan; whatever else it raises (an answer of a shape nobody
+    expected, a bug) fails that sweeper's one event instead of stopping the whole run."""
+    try:
+        return plan()
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one broken sweeper must not stop the others
+        error = f"unexpected error: {type(exc).__name__}: {exc} (at {_raised_at(exc)})"
+        return [final(Action(event, target, failed(error)))]
 
 
 def _attach(
@@ -270,8 +320,7 @@ def _plan_registry(
     stack.callback(client.close)
     # Its own pool: deployment workers wait on these requests, so they must not share one.
     http_pool = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "registry"))
-    template = settings.registry_repository_template
-    return registry.plan_registry(client, expired, template, http_pool)
+    return registry.plan_registry(client, expired, settings.templates(), http_pool)
 
 
 def _sweep_failure(event: str, target: str, exc: psycopg.Error) -> Step:
@@ -341,7 +390,7 @@ def _plan_databases(
     # A direct connection fails fast with the server's own words; a pool would only time out.
     houston.connect(conninfo).close()
     pool = stack.enter_context(open_pool(conninfo, settings.concurrency, "airflow"))
-    naming = databases.Naming(settings.database_template, settings.role_templates)
+    naming = settings.templates()
     houston_user = conninfo_to_dict(main.info.dsn).get("user") or main.info.user
     server = databases.inspect_server(
         pool.connection,
@@ -373,8 +422,12 @@ def execute(plan: Plan, context: Context) -> None:
 
 
 def _settle(step: Step, context: Context) -> list[Result]:
-    """Executes one step (unless dry run) and emits one event per action."""
-    if context.dry_run or step.run is None:
+    """Executes one step (unless dry run) and emits one event per action; a step not
+    started before a stop was requested is skipped with the stop's reason."""
+    stopped = context.stop.reason()
+    if stopped is not None and step.run is not None:
+        results = [skipped(stopped) if a.deletes else a.planned for a in step.actions]
+    elif context.dry_run or step.run is None:
         results = [a.planned for a in step.actions]
     else:
         try:
@@ -400,6 +453,10 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
     purge = _purge_action(work.deployment)
     if work.blocked is not None:
         context.recorder.action(purge, skipped(work.blocked))
+        return
+    stopped = context.stop.reason()
+    if stopped is not None:
+        _skip_all(work, purge, stopped, context)
         return
     if context.dry_run:
         results = [r for step in work.steps for r in _settle(step, context)]

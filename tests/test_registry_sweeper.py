@@ -11,12 +11,12 @@ from dataclasses import replace
 import pytest
 
 from janitor.errors import ConfigurationError
+from janitor.naming import Templates
 from janitor.plan import Action, Deployment, Result
 from janitor.sweepers.registry import (
     RegistryWork,
     garbage_collect_due,
     plan_registry,
-    repository_name,
 )
 from tests.registry_server import (
     FAST,
@@ -33,7 +33,7 @@ from tests.registry_server import (
 
 __all__ = ["make_proxy", "readonly_registry", "registry"]
 
-TEMPLATE = "{release}/airflow"
+TEMPLATE = Templates("{release_snake}_airflow", (), repository="{release}/airflow")
 MakeProxy = Callable[..., Proxy]
 
 
@@ -331,12 +331,3 @@ def test_requests_in_flight_never_exceed_the_concurrency(
     assert {r.outcome for _, r in settled} == {"done"}
     assert proxy.max_in_flight <= 3
     assert all(pusher.tags(f"{r}/airflow") == [] for r in releases)
-
-
-def test_repository_names_come_from_the_template(registry: Registry, executor: Executor) -> None:
-    """{release_snake} maps dashes to underscores; a template giving an invalid repository
-    name is a configuration error before anything is read."""
-    assert repository_name("{release_snake}/airflow", "my-app-1") == "my_app_1/airflow"
-    assert repository_name("astro/{release}", "my-app-1") == "astro/my-app-1"
-    with pytest.raises(ConfigurationError, match="JANITOR_REGISTRY_REPOSITORY_TEMPLATE"):
-        plan_registry(connect(registry), expired("my-app"), "Team/{release}", executor)

@@ -114,16 +114,21 @@ def test_only_exact_template_names_are_dropped(houston: Houston, env: dict[str, 
 
 
 def test_names_postgres_would_truncate_are_refused(houston: Houston, env: dict[str, str]) -> None:
-    """A name over 63 bytes could address another database after truncation: refused."""
+    """A name over 63 bytes could address another database after truncation: its deployment
+    is skipped with the reason and keeps its row, and the rest of the fleet is swept."""
     release = houston.release("x" * 60)
     houston.add(release, deleted_days_ago=40)
+    ordinary = houston.deployment("ordinary", deleted_days_ago=40)
 
     run = janitor(["run"], env)
 
-    drop = run.of("database.drop")[0]
-    assert drop["outcome"] == "skipped"
-    assert "63 bytes" in drop["reason"]
+    assert run.code == 0
+    purge = run.outcomes("deployment.purge")
+    assert purge == {release: "skipped", ordinary: "done"}
+    (skip,) = [e for e in run.of("deployment.purge") if e["target"] == release]
+    assert "63 bytes" in skip["reason"]
     assert release in houston.rows()
+    assert {e["deployment"] for e in run.of("database.drop")} == {ordinary}
 
 
 def test_release_name_shared_with_a_live_deployment_is_not_touched(

@@ -15,8 +15,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from janitor.config import render
 from janitor.houston import describe
+from janitor.naming import Templates
 from janitor.plan import (
     ABSENT,
     DONE,
@@ -33,8 +33,6 @@ from janitor.plan import (
 
 ALWAYS_PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
 ALWAYS_PROTECTED_ROLES = frozenset({"postgres"})
-# PostgreSQL silently truncates longer identifiers, which could name another database.
-MAX_IDENTIFIER_BYTES = 63
 # DROP DATABASE ... WITH (FORCE) exists from PostgreSQL 13 on.
 FORCE_DROP_VERSION = 130000
 
@@ -55,30 +53,18 @@ class Server:
     protected_roles: frozenset[str]
 
 
-@dataclass(frozen=True)
-class Naming:
-    database_template: str
-    role_templates: tuple[str, ...]
-
-    def database(self, release: str) -> str:
-        return render(self.database_template, release)
-
-    def roles(self, release: str) -> list[str]:
-        return list(dict.fromkeys(render(t, release) for t in self.role_templates))
-
-
 def inspect_server(
     connect: Connect,
     conninfo: str,
-    naming: Naming,
+    naming: Templates,
     deployments: Sequence[Deployment],
     *,
     protected_databases: frozenset[str],
     protected_roles: frozenset[str],
 ) -> Server:
     """All reads the plan needs, in three queries whatever the fleet size."""
-    databases = [naming.database(d.release_name) for d in deployments]
-    roles = [r for d in deployments for r in naming.roles(d.release_name)]
+    databases = [naming.database_name(d.release_name) for d in deployments]
+    roles = [r for d in deployments for r in naming.role_names(d.release_name)]
     with connect() as conn:
         existing_dbs = {
             row[0]
@@ -108,24 +94,25 @@ def inspect_server(
 
 
 def plan_databases(
-    server: Server, naming: Naming, deployments: Sequence[Deployment]
+    server: Server, naming: Templates, deployments: Sequence[Deployment]
 ) -> dict[str, tuple[Step, ...]]:
     """Per deployment id: drop the database first, then the roles (they own it)."""
     return {
         d.id: (
-            _database_step(server, naming.database(d.release_name), d.release_name),
-            *(_role_step(server, role, d.release_name) for role in naming.roles(d.release_name)),
+            _database_step(server, naming.database_name(d.release_name), d.release_name),
+            *(
+                _role_step(server, role, d.release_name)
+                for role in naming.role_names(d.release_name)
+            ),
         )
         for d in deployments
     }
 
 
 def _refusal(name: str, protected: frozenset[str]) -> str | None:
-    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        return f"name is longer than {MAX_IDENTIFIER_BYTES} bytes; PostgreSQL would truncate it"
-    if name in protected:
-        return "protected"
-    return None
+    # Names too long for PostgreSQL never get here: naming.Templates.refusal keeps their
+    # deployment out of the plan.
+    return "protected" if name in protected else None
 
 
 def _database_step(server: Server, name: str, release: str) -> Step:

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from janitor.clients.registry import RegistryClient, RegistryError, valid_repository, valid_tag
-from janitor.config import render
-from janitor.errors import ConfigurationError
+from janitor.clients.registry import RegistryClient, RegistryError, valid_tag
+from janitor.naming import Templates
 from janitor.plan import ABSENT, DONE, PLANNED, Action, Deployment, Result, Step, failed, final
 
 EVENT = "registry.tag.delete"
@@ -39,17 +38,6 @@ class RegistryWork:
     remaining: Callable[[], str | None]
 
 
-def repository_name(template: str, release: str) -> str:
-    """The deployment's repository; a template yielding no valid name is a config error."""
-    repository = render(template, release)
-    if not valid_repository(repository):
-        raise ConfigurationError(
-            f"JANITOR_REGISTRY_REPOSITORY_TEMPLATE: {template!r} gives {repository!r} for "
-            f"release {release!r}, which is not a valid repository name"
-        )
-    return repository
-
-
 def garbage_collect_due(counts: Mapping[str, Mapping[str, int]]) -> bool:
     """Whether ``run.finished`` should say a registry garbage-collect is due: any manifest
     deleted in this run still holds its blobs until then."""
@@ -59,12 +47,12 @@ def garbage_collect_due(counts: Mapping[str, Mapping[str, int]]) -> bool:
 def plan_registry(
     client: RegistryClient,
     deployments: Sequence[Deployment],
-    repository_template: str,
+    templates: Templates,
     executor: Executor,
 ) -> dict[str, RegistryWork]:
-    """Steps per ``Deployment.id``. Raises ConfigurationError (nothing changed) when the
-    template gives an invalid name or the URL is not a registry."""
-    repositories = {d.id: repository_name(repository_template, d.release_name) for d in deployments}
+    """Steps per ``Deployment.id`` (deployments whose names ``templates`` accepts). Raises
+    ConfigurationError (nothing changed) when the URL is not a registry."""
+    repositories = {d.id: templates.repository_name(d.release_name) for d in deployments}
     if not deployments:
         return {}
     try:

@@ -1,0 +1,125 @@
+"""The name rules that decide what the janitor may touch (SPEC.md "Safety rules").
+
+One module for every name the janitor derives or accepts: release names read from the
+Houston table, the templates that turn a release name into a database, role or registry
+repository name, and the limits those names must fit. Every rule is a full match: ``$`` in
+a Python regex also accepts a final newline, so a row ``live-one\\n`` would pass a
+``re.match(...$)`` check and name another deployment's resources.
+
+Sources: SPEC.md "Safety rules" (release names), PostgreSQL "Identifiers and Key Words"
+(NAMEDATALEN - 1 = 63 bytes), the distribution spec's repository grammar (docs/registry.md).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+
+# SPEC.md "Safety rules": ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$, applied with fullmatch.
+RELEASE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+TEMPLATE_FIELDS = frozenset({"release", "release_snake"})
+# PostgreSQL truncates longer identifiers silently, so a longer name could designate
+# another database or role (NAMEDATALEN - 1).
+MAX_IDENTIFIER_BYTES = 63
+# The distribution spec's repository name grammar (reference/regexp.go) and its length cap.
+REPOSITORY = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+MAX_REPOSITORY_LENGTH = 255
+# What a template is checked with at load time: a release name as Astronomer makes them.
+SAMPLE_RELEASE = "sample-release-1234"
+
+
+def release_name_refusal(name: str | None) -> str | None:
+    """Why ``name`` is not a release name the janitor may act on, or None when it is."""
+    if not name:
+        return "release name is empty"
+    if RELEASE_NAME.fullmatch(name) is None:
+        return f"invalid release name {name!r}: names must match ^{RELEASE_NAME.pattern}$"
+    return None
+
+
+def check_template(template: str) -> str:
+    """``template`` when it uses only ``{release}`` / ``{release_snake}``, at least one of
+    them, with no format spec or conversion; ValueError naming the problem otherwise."""
+    try:
+        fields = [
+            (name, spec, conv)
+            for _, name, spec, conv in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template ({exc})") from exc
+    if not fields:
+        raise ValueError("must contain {release} or {release_snake}")
+    for name, spec, conv in fields:
+        if name not in TEMPLATE_FIELDS or spec or conv:
+            raise ValueError(f"may only use {{release}} and {{release_snake}}, found {{{name}}}")
+    return template
+
+
+def render(template: str, release: str) -> str:
+    """``template`` applied to ``release`` (``release_snake``: ``-`` replaced by ``_``)."""
+    return template.format(release=release, release_snake=release.replace("-", "_"))
+
+
+def identifier_refusal(name: str) -> str | None:
+    """Why ``name`` cannot be a PostgreSQL database or role name the janitor drops."""
+    if not name or "\x00" in name:
+        return "is empty or holds a NUL byte"
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        return f"is longer than {MAX_IDENTIFIER_BYTES} bytes; PostgreSQL would truncate it"
+    return None
+
+
+def repository_refusal(name: str) -> str | None:
+    """Why ``name`` is not a valid registry repository name, or None."""
+    if len(name) > MAX_REPOSITORY_LENGTH:
+        return f"is longer than {MAX_REPOSITORY_LENGTH} characters"
+    if REPOSITORY.fullmatch(name) is None:
+        return "is not a valid repository name (distribution spec grammar)"
+    return None
+
+
+@dataclass(frozen=True)
+class Templates:
+    """How a release name becomes the names of its resources.
+
+    ``repository`` is None when no registry is swept: its names then need not be valid.
+    """
+
+    database: str
+    roles: tuple[str, ...]
+    repository: str | None = None
+
+    def database_name(self, release: str) -> str:
+        return render(self.database, release)
+
+    def role_names(self, release: str) -> list[str]:
+        return list(dict.fromkeys(render(t, release) for t in self.roles))
+
+    def repository_name(self, release: str) -> str:
+        if self.repository is None:
+            raise ValueError("no repository template: the registry is not swept")
+        return render(self.repository, release)
+
+    def refusal(self, release: str | None) -> str | None:
+        """Why the janitor may not act on the deployment ``release`` (an invalid release
+        name, or a resource name that cannot be built from it), or None.
+
+        A refused deployment is skipped and keeps its row (SPEC.md step 3); the rest of
+        the run goes on.
+        """
+        reason = release_name_refusal(release)
+        if reason is not None or release is None:
+            return reason
+        names = [("database", self.database_name(release), identifier_refusal)]
+        names += [("role", role, identifier_refusal) for role in self.role_names(release)]
+        if self.repository is not None:
+            names.append(("repository", self.repository_name(release), repository_refusal))
+        for kind, name, rule in names:
+            problem = rule(name)
+            if problem is not None:
+                return f"{kind} name {name!r} built for release {release!r} {problem}"
+        return None
