@@ -33,11 +33,12 @@ import requests
 
 from janitor.clients.http import HttpOptions
 from janitor.clients.registry import DOCKER_MANIFEST, connect_registry
+from janitor.naming import Templates
 from janitor.plan import Deployment, Result
 from janitor.sweepers.registry import plan_registry
 from tests.registry_server import Proxy, Pusher, Registry, run_registry
 
-TEMPLATE = "{release}/airflow"
+TEMPLATE = Templates("{release_snake}_airflow", (), repository="{release}/airflow")
 SPEEDUP_TARGET = 4.0
 MANIFEST_REQUESTS_PER_TAG = 2.0
 
@@ -159,7 +160,7 @@ def janitor_sweep(url: str, releases: list[str], concurrency: int) -> list[Resul
 
         def settle(work: Any) -> list[Result]:
             results = [r for s in work.steps if s.run for r in s.run()]
-            leftover = work.remaining()
+            leftover = work.remaining[0]()
             if leftover is not None:
                 raise RuntimeError(leftover)
             return results

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from janitor import __version__
 from janitor.config import load_settings
-from janitor.errors import ConfigurationError
+from janitor.errors import ConfigurationError, ExitCode
 from janitor.events import default_format, make_logger, new_run_id
 from janitor.lease import in_cluster_api_client
 from janitor.preflight import check
@@ -68,14 +68,14 @@ def main(
     except ConfigurationError as exc:
         # SPEC.md: a configuration error is a plain line on stderr, exit 2, no events.
         print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.INVALID_CONFIGURATION
     if not settings.subsystems:
         print(
             "janitor: invalid configuration: nothing to do: configure at least one of "
             "JANITOR_HOUSTON_DSN, JANITOR_ELASTICSEARCH_URL, JANITOR_PROMETHEUS_URL",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.INVALID_CONFIGURATION
     log = make_logger(
         settings.log_format or default_format(out),
         run_id=new_run_id(),
@@ -83,13 +83,13 @@ def main(
         secrets=settings.secrets(),
         stream=out,
     )
-    if args.command == "check":
-        return check(settings, log)
     try:
         kube = in_cluster_api_client()
     except ConfigurationError as exc:
         print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.INVALID_CONFIGURATION
+    if args.command == "check":
+        return check(settings, log, kube=kube)
     stop = Stop()
     # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
     with stop.on_signals(signal.SIGTERM, signal.SIGINT):

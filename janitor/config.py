@@ -284,10 +284,16 @@ class Settings(BaseModel):
         chosen = self.only if self.only is not None else SUBSYSTEMS
         return tuple(s for s in SUBSYSTEMS if s in chosen and self.missing_endpoint(s) is None)
 
-    @property
-    def registry_swept_by_definition(self) -> bool:
-        """The platform keeps no images (JANITOR_REGISTRY_URL=none): nothing to sweep there."""
-        return self.registry_url == NO_REGISTRY
+    def unswept_reasons(self) -> tuple[str, ...]:
+        """Why no deployment row may be purged in this run: the row is the only record of
+        what is left to clean, so both deployment sweepers must run (README step 3). A
+        platform that keeps no images says so with JANITOR_REGISTRY_URL=none."""
+        reasons = []
+        if "databases" not in self.subsystems:
+            reasons.append("databases not swept")
+        if "registry" not in self.subsystems and self.registry_url != NO_REGISTRY:
+            reasons.append("registry not swept")
+        return tuple(reasons)
 
     def templates(self) -> Templates:
         """How release names become resource names; the repository counts only when the

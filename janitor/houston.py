@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from janitor.config import Settings
+from janitor import postgres
 from janitor.plan import ABSENT, DONE, Deployment, Result, failed
 
 # A fixed key for pg_try_advisory_lock: "astro-janitor run lock" (any constant will do, as
@@ -55,16 +55,6 @@ class Table:
         ).format(**self.columns())
 
 
-def table_of(settings: Settings) -> Table:
-    return Table(
-        schema=settings.houston_schema,
-        table=settings.houston_table,
-        id_column=settings.houston_id_column,
-        release_column=settings.houston_release_column,
-        deleted_column=settings.houston_deleted_column,
-    )
-
-
 @dataclass(frozen=True)
 class Rejected:
     """An expired row the janitor must not act on, and why (reported as skipped every run)."""
@@ -77,18 +67,6 @@ class Rejected:
 class Fleet:
     expired: tuple[Deployment, ...]
     rejected: tuple[Rejected, ...]
-
-
-def connect(conninfo: str) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(conninfo, autocommit=True, application_name="astro-janitor")
-    configure(conn)
-    return conn
-
-
-def configure(conn: psycopg.Connection[Any]) -> None:
-    # Houston (Prisma) stores deletedAt as `timestamp without time zone` holding UTC; the
-    # comparison with a timestamptz casts it through the session time zone, so pin it.
-    conn.execute("SET TIME ZONE 'UTC'")
 
 
 def server_now(conn: psycopg.Connection[Any]) -> datetime:
@@ -189,6 +167,33 @@ def locked_if_expired(
         yield row is not None
 
 
+def table_problems(conn: psycopg.Connection[Any], table: Table) -> Iterator[str]:
+    """What keeps the janitor from using ``table``: it or a column missing, or a privilege
+    (SELECT to read, UPDATE for the row lock FOR UPDATE, DELETE for the purge)."""
+    qualified = table.ident().as_string(conn)
+    found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (qualified,)).fetchone()
+    if not (found and found[0]):
+        yield f"table {table.schema}.{table.table} not found"
+        return
+    columns = {
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = %s",
+            (table.schema, table.table),
+        )
+    }
+    for column in (table.id_column, table.release_column, table.deleted_column):
+        if column not in columns:
+            yield f"column {column!r} not found in {table.table}"
+    for privilege in ("SELECT", "UPDATE", "DELETE"):
+        row = conn.execute(
+            "SELECT has_table_privilege(current_user, %s, %s)", (qualified, privilege)
+        ).fetchone()
+        if not (row and row[0]):
+            yield f"missing {privilege} on {table.schema}.{table.table}"
+
+
 def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -> Result:
     """Deletes the row inside the caller's row-lock transaction (a savepoint keeps it usable)."""
     query = sql.SQL("DELETE FROM {table} WHERE {id} = %(id)s").format(**table.columns())
@@ -196,15 +201,5 @@ def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -
         with conn.transaction():
             deleted = conn.execute(query, {"id": deployment.id}).rowcount
     except psycopg.Error as exc:
-        return failed(describe(exc))
+        return failed(postgres.describe(exc))
     return DONE if deleted else ABSENT
-
-
-def describe(exc: psycopg.Error) -> str:
-    """A database error in one line: SQLSTATE, message and the detail that explains it."""
-    diag = exc.diag
-    parts = [diag.message_primary or str(exc).strip().splitlines()[0]]
-    if diag.message_detail:
-        parts.append(diag.message_detail)
-    text = ": ".join(parts)
-    return f"{diag.sqlstate} {text}" if diag.sqlstate else text

@@ -28,21 +28,34 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from janitor.errors import ConfigurationError
+from janitor.errors import ConfigurationError, ExitCode
 
 EVENT_COMPONENT = "astro-janitor"
 # One Event reason per SPEC.md exit code, so `kubectl get events --field-selector
 # reason=GuardRefused` finds the runs an operator has to look at.
-EVENT_REASONS = {
-    0: "RunFinished",
-    1: "ActionsFailed",
-    2: "InvalidConfiguration",
-    3: "RetentionMismatch",
-    4: "GuardRefused",
+EVENT_REASONS: dict[int, str] = {
+    ExitCode.OK: "RunFinished",
+    ExitCode.FAILED: "ActionsFailed",
+    ExitCode.INVALID_CONFIGURATION: "InvalidConfiguration",
+    ExitCode.RETENTION_MISMATCH: "RetentionMismatch",
+    ExitCode.GUARD_REFUSED: "GuardRefused",
 }
 # Event.message above 1 KiB is rejected for events.k8s.io/v1 (noteLengthLimit); keep core
 # Events within the same bound so they read the same through either API.
 EVENT_MESSAGE_LIMIT = 1024
+
+
+class KubernetesError(Exception):
+    """The Kubernetes API refused or could not be reached; the message says which."""
+
+
+def _api_error(exc: Exception) -> KubernetesError:
+    if isinstance(exc, ApiException):
+        return KubernetesError(f"Kubernetes API: {exc.status} {exc.reason}")
+    return KubernetesError(f"Kubernetes API: {exc}")
+
+
+_API_ERRORS = (ApiException, urllib3.exceptions.HTTPError)
 
 
 class MicroTime(datetime):
@@ -229,7 +242,7 @@ def _renew_until(stop: threading.Event, lease: _Lease, clock: Callable[[], datet
 
 @contextlib.contextmanager
 def hold_lease(
-    api: client.CoordinationV1Api,
+    api_client: client.ApiClient,
     *,
     namespace: str,
     name: str,
@@ -241,11 +254,16 @@ def hold_lease(
 
     Yields True when held: renewed in the background every ``duration_s / 3`` and released
     at exit. Yields False when another holder's Lease is still valid or another pod won the
-    race for it; the caller then reports ``run.skipped`` and exits 0 (SPEC.md exit codes).
-    Errors other than a lost race (403 Forbidden, an unreachable API server) propagate.
+    race for it; the caller then reports ``run.skipped`` and exits 0 (README "Exit codes").
+    Errors other than a lost race (403 Forbidden, an unreachable API server) raise
+    KubernetesError.
     """
-    lease = _Lease(api, namespace, name, holder, duration_s)
-    if not _acquire(lease, clock()):
+    lease = _Lease(client.CoordinationV1Api(api_client), namespace, name, holder, duration_s)
+    try:
+        acquired = _acquire(lease, clock())
+    except _API_ERRORS as exc:
+        raise _api_error(exc) from exc
+    if not acquired:
         yield False
         return
     stop = threading.Event()
@@ -258,7 +276,10 @@ def hold_lease(
     finally:
         stop.set()
         renewer.join()
-        _release(lease, clock())
+        try:
+            _release(lease, clock())
+        except _API_ERRORS as exc:
+            raise _api_error(exc) from exc
 
 
 def _event_message(summary: Mapping[str, Any], exit_code: int) -> str:
@@ -294,7 +315,7 @@ def _cronjob_uid(api: client.CoreV1Api, namespace: str, cronjob_name: str) -> st
 
 
 def post_run_event(
-    api: client.CoreV1Api,
+    api_client: client.ApiClient,
     *,
     namespace: str,
     cronjob_name: str,
@@ -305,27 +326,32 @@ def post_run_event(
     """Record the run summary as an Event on the CronJob (Warning when ``exit_code != 0``).
 
     ``summary`` is the ``run.finished`` event (SPEC.md "Events"): its ``counts`` become the
-    message, so ``kubectl describe cronjob`` shows what the last runs did.
+    message, so ``kubectl describe cronjob`` shows what the last runs did. Raises
+    KubernetesError when the API refuses or cannot be reached.
     """
+    api = client.CoreV1Api(api_client)
     now = clock().astimezone(UTC).replace(microsecond=0)
-    api.create_namespaced_event(
-        namespace,
-        client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{cronjob_name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version="batch/v1",
-                kind="CronJob",
-                name=cronjob_name,
-                namespace=namespace,
-                uid=_cronjob_uid(api, namespace, cronjob_name),
+    try:
+        api.create_namespaced_event(
+            namespace,
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{cronjob_name}.", namespace=namespace),
+                involved_object=client.V1ObjectReference(
+                    api_version="batch/v1",
+                    kind="CronJob",
+                    name=cronjob_name,
+                    namespace=namespace,
+                    uid=_cronjob_uid(api, namespace, cronjob_name),
+                ),
+                type="Normal" if exit_code == 0 else "Warning",
+                reason=EVENT_REASONS.get(exit_code, "RunFailed"),
+                message=_event_message(summary, exit_code),
+                source=client.V1EventSource(component=EVENT_COMPONENT),
+                reporting_component=EVENT_COMPONENT,
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
             ),
-            type="Normal" if exit_code == 0 else "Warning",
-            reason=EVENT_REASONS.get(exit_code, "RunFailed"),
-            message=_event_message(summary, exit_code),
-            source=client.V1EventSource(component=EVENT_COMPONENT),
-            reporting_component=EVENT_COMPONENT,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        ),
-    )
+        )
+    except _API_ERRORS as exc:
+        raise _api_error(exc) from exc

@@ -9,11 +9,14 @@ reported thing, i.e. one event line (SPEC.md "Events"). Executing a step returns
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["planned", "done", "absent", "skipped", "failed", "ok", "mismatch"]
+Counts = Mapping[str, Mapping[str, int]]
+"""What ``run.finished`` reports: {event: {outcome: n}}."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,11 @@ def single(action: Action, run: Callable[[], Result]) -> Step:
     return Step((action,), lambda: (run(),))
 
 
+Probe = Callable[[], str | None]
+"""A read-only check run after a deployment's steps: a sentence naming what still exists
+(e.g. tags a registry listing still shows), or None when everything is gone."""
+
+
 @dataclass(frozen=True)
 class Deployment:
     """A row of the Houston deployments table that is past the retention window."""
@@ -95,7 +103,7 @@ class DeploymentWork:
 
     deployment: Deployment
     steps: tuple[Step, ...] = ()
-    remaining: tuple[Callable[[], str | None], ...] = ()
+    remaining: tuple[Probe, ...] = ()
     blocked: str | None = None
 
 
@@ -127,3 +135,66 @@ def guard_refusal(plan: Plan, max_deletions: int) -> str | None:
     if count <= max_deletions:
         return None
     return f"guard: plan deletes {count} things, more than max_deletions={max_deletions}"
+
+
+# --- the one shape of every sweeper ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one deployment sweeper holds of one expired deployment: its steps, in order,
+    and the probes that must find nothing left before the row may go."""
+
+    steps: tuple[Step, ...] = ()
+    remaining: tuple[Probe, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """A deployment sweeper's plan: a share per ``Deployment.id``; when it could not read
+    its world at all, ``failures`` (one failed event each) and ``unswept``, why no row may
+    be purged in this run."""
+
+    shares: Mapping[str, Share]
+    failures: tuple[Step, ...] = ()
+    unswept: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentSweeper:
+    """Sweeps what expired deployments leave behind (databases and roles, registry tags).
+
+    ``plan`` reads the world and never raises on remote trouble: what it cannot read or
+    may not do becomes failed actions. It raises only ConfigurationError, for an endpoint
+    that is not what the configuration says (exit 2, nothing changed). ``problems`` is what
+    ``janitor check`` reports: sentences naming what keeps the sweeper from its job.
+    """
+
+    subsystem: str
+    event: str
+    """The event its actions report, also used for a failure of the sweeper as a whole."""
+    plan: Callable[[Sequence[Deployment]], DeploymentPlan]
+    problems: Callable[[], list[str]]
+    notes: Callable[[Counts], Mapping[str, str]] = lambda _: {}
+    """Fields ``run.finished`` gains from the run's counts (e.g. a garbage-collect hint)."""
+
+
+@dataclass(frozen=True)
+class Sweeper:
+    """Sweeps on its own (log indices, the Prometheus retention check); same rules as
+    :class:`DeploymentSweeper`."""
+
+    subsystem: str
+    event: str
+    plan: Callable[[], list[Step]]
+    problems: Callable[[], list[str]]
+
+
+def unexpected(exc: BaseException) -> str:
+    """The error text of an exception nobody planned for, with where it was raised (no
+    traceback text: it may quote data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    text = f"unexpected error: {type(exc).__name__}: {exc}"
+    if not frames:
+        return text
+    return f"{text} (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})"

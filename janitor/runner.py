@@ -1,56 +1,57 @@
-"""One run: lock, plan, guard, execute, summarise (SPEC.md "What one run does").
+"""One run: lock, plan, guard, execute, summarise (README "What one run does").
 
 Data flows one way: settings → sources → plan → executor → events. Dry run is the same
-path with execution skipped.
+path with execution skipped. The runner knows the Houston table, the run lock, the plan
+and the recorder; every sweeper reaches it through one contract (janitor.plan.Sweeper and
+DeploymentSweeper), built from the settings by janitor.assemble.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kubernetes.config
 import psycopg
-import urllib3
-from elastic_transport import TransportError
-from elasticsearch import ApiError
-from kubernetes.client import ApiClient, CoordinationV1Api, CoreV1Api
-from kubernetes.client.exceptions import ApiException
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from janitor import __version__, houston, redact
-from janitor.clients.elasticsearch import describe as describe_es_error
-from janitor.clients.elasticsearch import verify_elasticsearch
+from janitor import __version__, assemble, houston, postgres
 from janitor.config import Settings
-from janitor.errors import ConfigurationError
+from janitor.errors import ConfigurationError, ExitCode
 from janitor.events import Log, Recorder
-from janitor.lease import hold_lease, post_run_event
 from janitor.plan import (
     PLANNED,
     Action,
     Deployment,
+    DeploymentPlan,
+    DeploymentSweeper,
     DeploymentWork,
     Plan,
     Result,
     Step,
+    Sweeper,
     failed,
     final,
     guard_refusal,
     skipped,
+    unexpected,
 )
-from janitor.remotes import elasticsearch_client, prometheus_client, registry_client
 from janitor.stopping import Stop
-from janitor.sweepers import databases, logs, metrics, registry
+from janitor.sweepers.databases import Protected
 
-Clock = Callable[[], datetime]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kubernetes.client import ApiClient
+
+    Clock = Callable[[], datetime]
+
 GONE = frozenset({"done", "absent"})
 NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"
 ROW_LOCKED = "deployment row is locked by another transaction"
@@ -74,16 +75,12 @@ class Context:
     stop: Stop
 
 
-def open_pool(conninfo: str, size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
-    return ConnectionPool(
-        conninfo,
-        min_size=1,
-        max_size=size,
-        kwargs={"autocommit": True, "application_name": "astro-janitor"},
-        configure=houston.configure,
-        name=name,
-        open=True,
-    )
+@dataclass
+class _Ending:
+    """How ``_run`` ended: the exit code and the fields ``run.finished`` gains."""
+
+    code: ExitCode = ExitCode.OK
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def run(
@@ -110,52 +107,42 @@ def run(
         subsystems=list(settings.subsystems),
         config=settings.summary(),
     )
+    ending = _Ending()
     error: str | None = None
-    raised_at: str | None = None
     try:
-        code = _run(settings, recorder, clock, kube, stop)
+        _run(settings, recorder, clock=clock, kube=kube, stop=stop, ending=ending)
     except ConfigurationError as exc:
-        code, error = 2, str(exc)
+        ending.code, error = ExitCode.INVALID_CONFIGURATION, str(exc)
     except psycopg.Error as exc:
-        code, error = 1, f"Houston database: {houston.describe(exc)}"
-    except (ApiException, urllib3.exceptions.HTTPError) as exc:
-        code, error = 1, f"Kubernetes API: {_kubernetes_error(exc)}"
-    except Exception as exc:  # noqa: BLE001 - SPEC.md: run.finished is always the last line
-        code, error = 1, f"unexpected error: {type(exc).__name__}: {exc}"
-        raised_at = _raised_at(exc)
+        ending.code, error = ExitCode.FAILED, f"Houston database: {postgres.describe(exc)}"
+    except Exception as exc:  # noqa: BLE001 - README: run.finished is always the last line
+        # KubernetesError (the Lease) included: its message names the API and the status.
+        ending.code, error = ExitCode.FAILED, _run_error(exc)
     stopped = stop.reason()
-    if stopped is not None and code in (0, 3):
-        code = 1  # work was left undone on purpose: not a success
+    if stopped is not None and ending.code in (ExitCode.OK, ExitCode.RETENTION_MISMATCH):
+        ending.code = ExitCode.FAILED  # work was left undone on purpose: not a success
     finished: dict[str, Any] = {
         "counts": recorder.counts(),
-        "exit_code": code,
+        "exit_code": int(ending.code),
         "duration_s": round(time.monotonic() - started, 3),
     }
     if error is not None:
         finished["error"] = error
-    if raised_at is not None:
-        finished["raised_at"] = raised_at
     if stopped is not None:
         finished["reason"] = stopped
-    if registry.garbage_collect_due(finished["counts"]):
-        finished["registry_garbage_collect"] = registry.GARBAGE_COLLECT_DUE
-    event_error = _post_summary_event(settings, kube, finished, code)
+    finished |= ending.notes
+    event_error = _post_summary_event(settings, kube, finished, ending.code)
     if event_error is not None:
         finished["kubernetes_event_error"] = event_error
-    (log.error if code in (1, 2) else log.info)("run.finished", **finished)
-    return code
+    failing = ending.code in (ExitCode.FAILED, ExitCode.INVALID_CONFIGURATION)
+    (log.error if failing else log.info)("run.finished", **finished)
+    return int(ending.code)
 
 
-def _raised_at(exc: BaseException) -> str:
-    """Where ``exc`` was raised, as ``file:line in function`` (no message: it may quote data)."""
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
-    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+def _run_error(exc: Exception) -> str:
+    from janitor.lease import KubernetesError  # noqa: PLC0415 - only in a cluster
 
-
-def _kubernetes_error(exc: Exception) -> str:
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}"
-    return str(exc)
+    return str(exc) if isinstance(exc, KubernetesError) else unexpected(exc)
 
 
 def _post_summary_event(
@@ -165,88 +152,126 @@ def _post_summary_event(
     namespace, cronjob = settings.lease_namespace, settings.cronjob_name
     if kube is None or not settings.kubernetes_events or not namespace or not cronjob:
         return None
+    from janitor.lease import KubernetesError, post_run_event  # noqa: PLC0415 - only in a cluster
+
     try:
         post_run_event(
-            CoreV1Api(kube),
+            kube,
             namespace=namespace,
             cronjob_name=cronjob,
             summary=finished | {"dry_run": settings.dry_run},
             exit_code=code,
         )
-    except (ApiException, urllib3.exceptions.HTTPError) as exc:
-        return _kubernetes_error(exc)
+    except KubernetesError as exc:
+        return str(exc)
     return None
 
 
 def _run(
-    settings: Settings, recorder: Recorder, clock: Clock, kube: ApiClient | None, stop: Stop
-) -> int:
+    settings: Settings,
+    recorder: Recorder,
+    *,
+    clock: Clock,
+    kube: ApiClient | None,
+    stop: Stop,
+    ending: _Ending,
+) -> None:
     dry_run = settings.dry_run
     with ExitStack() as stack:
         conninfo = settings.houston_conninfo()
-        main = stack.enter_context(houston.connect(conninfo)) if conninfo else None
-        # SPEC.md "Time": one now per run, from the database server when there is one.
+        main = stack.enter_context(postgres.connect(conninfo)) if conninfo else None
+        # README "Time": one now per run, from the database server when there is one.
         now = houston.server_now(main) if main is not None else clock()
-        if main is not None and not dry_run:
-            if not houston.try_run_lock(main):
-                recorder.log.info("run.skipped", reason="another run holds the run lock")
-                return 0
-            stack.callback(houston.release_run_lock, main)
-        if kube is not None and settings.lease_namespace and not dry_run:
-            # SPEC.md step 1: in a cluster, also a Lease, so a manual Job and the scheduled
-            # one never work at once (even against different Houston databases).
-            held = stack.enter_context(
-                hold_lease(
-                    CoordinationV1Api(kube),
-                    namespace=settings.lease_namespace,
-                    name=settings.lease_name,
-                    holder=settings.pod_name or socket.gethostname(),
-                    duration_s=settings.lease_duration_seconds,
-                    clock=clock,
-                )
-            )
-            if not held:
-                reason = (
-                    f"another run holds the lease {settings.lease_namespace}/{settings.lease_name}"
-                )
-                recorder.log.info("run.skipped", reason=reason)
-                return 0
+        if not dry_run and not _take_locks(
+            settings, stack, main, kube=kube, clock=clock, recorder=recorder
+        ):
+            return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
-        table = houston.table_of(settings)
-        plan = build_plan(settings, stack, main, table, now, kube=kube)
+        table = assemble.houston_table(settings)
+        sweepers = assemble.sweepers(
+            settings, stack, now=now, protected=_protected(main), kube=kube
+        )
+        plan = build_plan(settings, sweepers, main, table, now)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
             _refuse(plan, recorder, refusal)
-            return 4
+            ending.code = ExitCode.GUARD_REFUSED
+            return
         pool = None
         if plan.deployments and not dry_run and conninfo is not None:
-            pool = stack.enter_context(open_pool(conninfo, settings.concurrency, "houston"))
+            houston_pool = postgres.open_pool(conninfo, settings.concurrency, "houston")
+            pool = stack.enter_context(houston_pool)
         context = Context(settings, table, now, dry_run, recorder, pool, workers, stop)
         execute(plan, context)
+        counts = recorder.counts()
+        for sweeper in sweepers.deployment:
+            ending.notes |= sweeper.notes(counts)
     outcomes = recorder.outcomes()
     if "failed" in outcomes:
-        return 1
-    if "mismatch" in outcomes:
-        return 3
-    return 0
+        ending.code = ExitCode.FAILED
+    elif "mismatch" in outcomes:
+        ending.code = ExitCode.RETENTION_MISMATCH
+
+
+def _take_locks(
+    settings: Settings,
+    stack: ExitStack,
+    main: psycopg.Connection[Any] | None,
+    *,
+    kube: ApiClient | None,
+    clock: Clock,
+    recorder: Recorder,
+) -> bool:
+    """README step 1: the advisory run lock on Houston and, in a cluster, the Lease, held
+    until ``stack`` closes. False (after ``run.skipped``) when another run holds one."""
+    if main is not None:
+        if not houston.try_run_lock(main):
+            recorder.log.info("run.skipped", reason="another run holds the run lock")
+            return False
+        stack.callback(houston.release_run_lock, main)
+    if kube is not None and settings.lease_namespace:
+        # In a cluster, also a Lease, so a manual Job and the scheduled one never work at
+        # once (even against different Houston databases).
+        from janitor.lease import hold_lease  # noqa: PLC0415 - only in a cluster
+
+        held = stack.enter_context(
+            hold_lease(
+                kube,
+                namespace=settings.lease_namespace,
+                name=settings.lease_name,
+                holder=settings.pod_name or socket.gethostname(),
+                duration_s=settings.lease_duration_seconds,
+                clock=clock,
+            )
+        )
+        if not held:
+            reason = f"another run holds the lease {settings.lease_namespace}/{settings.lease_name}"
+            recorder.log.info("run.skipped", reason=reason)
+            return False
+    return True
+
+
+def _protected(main: psycopg.Connection[Any] | None) -> Protected:
+    """The Houston database and the role the janitor logs in to it as: never dropped."""
+    if main is None:
+        return Protected()
+    user = conninfo_to_dict(main.info.dsn).get("user") or main.info.user
+    return Protected(databases=frozenset({main.info.dbname}), roles=frozenset({str(user)}))
 
 
 def build_plan(
     settings: Settings,
-    stack: ExitStack,
+    sweepers: assemble.Sweepers,
     main: psycopg.Connection[Any] | None,
     table: houston.Table,
     now: datetime,
-    *,
-    kube: ApiClient | None = None,
 ) -> Plan:
-    """Asks every selected sweeper for its steps. A sweeper that cannot even read its
-    world reports one failed event and blocks every purge; the others still run."""
-    subsystems = settings.subsystems
+    """Asks every sweeper for its plan. A sweeper that cannot even read its world reports
+    one failed event and, for a deployment sweeper, blocks every purge; the others run."""
     works: list[DeploymentWork] = []
     steps: list[Step] = []
-    blocked: list[str] = []
-    if main is not None and ("databases" in subsystems or "registry" in subsystems):
+    blocked = list(settings.unswept_reasons())
+    if main is not None and sweepers.deployment:
         fleet = houston.read_fleet(
             main,
             table,
@@ -257,154 +282,62 @@ def build_plan(
         works = [DeploymentWork(d) for d in fleet.expired]
         works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
         expired = [w.deployment for w in works if w.blocked is None]
-        if "databases" not in subsystems:
-            blocked.append("databases not swept")
-        elif expired:
-            try:
-                works = _attach(works, _plan_databases(settings, stack, main, expired))
-            except psycopg.Error as exc:
-                steps.append(_sweep_failure("database.drop", _server(settings), exc))
-                blocked.append("databases could not be swept")
-        if "registry" in subsystems and expired:
-            registry_work = _plan_registry(settings, stack, expired)
-            works = _attach(
-                works,
-                {key: work.steps for key, work in registry_work.items()},
-                {key: work.remaining for key, work in registry_work.items()},
-            )
-        if "registry" not in subsystems and not settings.registry_swept_by_definition:
-            blocked.append("registry not swept")
-    if "logs" in subsystems:
-        target = ",".join(settings.log_index_patterns)
-        steps += _contained(logs.EVENT, target, lambda: _plan_logs(settings, now))
-    if "metrics" in subsystems:
-        target = redact.display_url(settings.prometheus_url or "kubernetes")
-        steps += _contained(metrics.EVENT, target, lambda: _plan_metrics(settings, kube))
+        for sweeper in sweepers.deployment:
+            part = _deployment_plan(sweeper, expired)
+            works = _attach(works, part)
+            steps += part.failures
+            if part.unswept is not None:
+                blocked.append(part.unswept)
+    for standalone in sweepers.standalone:
+        steps += _standalone_plan(standalone)
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
 
 
-def _contained(event: str, target: str, plan: Callable[[], list[Step]]) -> list[Step]:
-    """A standalone sweeper's plan; whatever else it raises (an answer of a shape nobody
-    expected, a bug) fails that sweeper's one event instead of stopping the whole run."""
+def _deployment_plan(sweeper: DeploymentSweeper, expired: Sequence[Deployment]) -> DeploymentPlan:
+    """``sweeper``'s plan; whatever else it raises (a bug, an answer of a shape nobody
+    expected) fails the sweeper as a whole and keeps every row."""
+    with _contained(sweeper.event, sweeper.subsystem) as failure:
+        return sweeper.plan(expired)
+    return DeploymentPlan({}, failure, f"{sweeper.subsystem} could not be swept")
+
+
+def _standalone_plan(sweeper: Sweeper) -> list[Step]:
+    with _contained(sweeper.event, sweeper.subsystem) as failure:
+        return sweeper.plan()
+    return list(failure)
+
+
+@contextmanager
+def _contained(event: str, target: str) -> Iterator[list[Step]]:
+    """Turns an exception of the block, except ConfigurationError (exit 2, nothing
+    changed), into one failed step appended to the yielded list."""
+    failure: list[Step] = []
     try:
-        return plan()
+        yield failure
     except ConfigurationError:
         raise
     except Exception as exc:  # noqa: BLE001 - one broken sweeper must not stop the others
-        error = f"unexpected error: {type(exc).__name__}: {exc} (at {_raised_at(exc)})"
-        return [final(Action(event, target, failed(error)))]
+        failure.append(final(Action(event, target, failed(unexpected(exc)))))
 
 
-def _attach(
-    works: list[DeploymentWork],
-    steps: Mapping[str, tuple[Step, ...]],
-    remaining: Mapping[str, Callable[[], str | None]] | None = None,
-) -> list[DeploymentWork]:
-    """Appends one sweeper's steps (and its post-check) to each deployment's work."""
-    probes = remaining or {}
-    return [
-        replace(
-            w,
-            steps=w.steps + steps.get(w.deployment.id, ()),
-            remaining=w.remaining + tuple(p for p in [probes.get(w.deployment.id)] if p),
+def _attach(works: list[DeploymentWork], part: DeploymentPlan) -> list[DeploymentWork]:
+    """Appends one sweeper's steps (and its post-checks) to each deployment's work."""
+    attached = []
+    for work in works:
+        share = part.shares.get(work.deployment.id)
+        attached.append(
+            work
+            if share is None
+            else replace(
+                work, steps=work.steps + share.steps, remaining=work.remaining + share.remaining
+            )
         )
-        for w in works
-    ]
-
-
-def _plan_registry(
-    settings: Settings, stack: ExitStack, expired: list[Deployment]
-) -> dict[str, registry.RegistryWork]:
-    client = registry_client(settings)
-    stack.callback(client.close)
-    # Its own pool: deployment workers wait on these requests, so they must not share one.
-    http_pool = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "registry"))
-    return registry.plan_registry(client, expired, settings.templates(), http_pool)
-
-
-def _sweep_failure(event: str, target: str, exc: psycopg.Error) -> Step:
-    return final(Action(event, target, failed(houston.describe(exc))))
-
-
-def _server(settings: Settings) -> str:
-    """The Airflow database server as host:port/dbname, for events (no credentials)."""
-    parts = conninfo_to_dict(settings.airflow_conninfo() or "")
-    return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
-
-
-def _plan_logs(settings: Settings, now: datetime) -> list[Step]:
-    """Log indices past the window; an Elasticsearch that is not one is exit 2 (raised)."""
-    url = settings.elasticsearch_url or ""
-    es = elasticsearch_client(settings)
-    try:
-        verify_elasticsearch(es, url)
-        return logs.plan_logs(
-            es,
-            patterns=settings.log_index_patterns,
-            retention_days=settings.log_retention_days,
-            age_source=settings.log_age_source,
-            timestring=settings.log_timestring,
-            now=now,
-        )
-    except (ApiError, TransportError) as exc:
-        target = ",".join(settings.log_index_patterns)
-        return [final(Action(logs.EVENT, target, failed(describe_es_error(exc))))]
-
-
-def _plan_metrics(settings: Settings, kube: ApiClient | None) -> list[Step]:
-    if settings.prometheus_source == "kubernetes":
-        return metrics.check_kubernetes_metrics(
-            kube or _kubeconfig_client(),
-            namespace=settings.kubernetes_namespace or "",
-            name=settings.prometheus_name,
-            kind=settings.prometheus_kind,
-            expected_days=settings.metrics_retention_days,
-        )
-    url = settings.prometheus_url
-    if url is None:  # unreachable: the metrics subsystem requires a source
-        raise ConfigurationError("JANITOR_PROMETHEUS_URL: not configured")
-    client = prometheus_client(settings)
-    return metrics.check_metrics(client, url=url, expected_days=settings.metrics_retention_days)
-
-
-def _kubeconfig_client() -> ApiClient:
-    """Outside a cluster (an operator's shell), the current kubeconfig context."""
-    try:
-        return kubernetes.config.new_client_from_config()  # type: ignore[no-untyped-call, no-any-return]
-    except (kubernetes.config.ConfigException, OSError) as exc:
-        raise ConfigurationError(
-            f"JANITOR_PROMETHEUS_SOURCE=kubernetes outside a cluster needs a kubeconfig ({exc})"
-        ) from None
-
-
-def _plan_databases(
-    settings: Settings,
-    stack: ExitStack,
-    main: psycopg.Connection[Any],
-    expired: list[Deployment],
-) -> dict[str, tuple[Step, ...]]:
-    conninfo = settings.airflow_conninfo()
-    if conninfo is None:  # unreachable: the databases subsystem requires a Houston DSN
-        raise ConfigurationError("JANITOR_AIRFLOW_DSN: not configured")
-    # A direct connection fails fast with the server's own words; a pool would only time out.
-    houston.connect(conninfo).close()
-    pool = stack.enter_context(open_pool(conninfo, settings.concurrency, "airflow"))
-    naming = settings.templates()
-    houston_user = conninfo_to_dict(main.info.dsn).get("user") or main.info.user
-    server = databases.inspect_server(
-        pool.connection,
-        conninfo,
-        naming,
-        expired,
-        protected_databases=frozenset({main.info.dbname}),
-        protected_roles=frozenset({str(houston_user)}),
-    )
-    return databases.plan_databases(server, naming, expired)
+    return attached
 
 
 def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
-    """SPEC.md exit 4: nothing changes; every planned deletion is reported as refused."""
+    """README exit 4: nothing changes; every planned deletion is reported as refused."""
     for action in plan.actions():
         recorder.action(action, skipped(refusal) if action.deletes else action.planned)
     for work in plan.deployments:
@@ -433,7 +366,7 @@ def _settle(step: Step, context: Context) -> list[Result]:
         try:
             results = list(step.run())
         except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
-            results = [failed(f"unexpected error: {exc!r}")] * len(step.actions)
+            results = [failed(unexpected(exc))] * len(step.actions)
     for action, result in zip(step.actions, results, strict=True):
         context.recorder.action(action, result)
     return results
@@ -460,7 +393,7 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
         return
     if context.dry_run:
         results = [r for step in work.steps for r in _settle(step, context)]
-        reason = _keep_reason(results, plan.purge_blocked)
+        reason = keep_reason(results, plan.purge_blocked)
         context.recorder.action(purge, skipped(reason) if reason else purge.planned)
         return
     if context.houston_pool is None:  # unreachable: real runs with deployments open it
@@ -478,7 +411,7 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
                     _skip_all(work, purge, NO_LONGER_EXPIRED, context)
                     return
                 results = [r for step in work.steps for r in _settle(step, context)]
-                reason = _keep_reason(results, plan.purge_blocked) or _remaining(work)
+                reason = keep_reason(results, plan.purge_blocked) or _remaining(work)
                 result = (
                     skipped(reason)
                     if reason
@@ -496,8 +429,9 @@ def _skip_all(work: DeploymentWork, purge: Action, reason: str, context: Context
     context.recorder.action(purge, skipped(reason))
 
 
-def _keep_reason(results: Sequence[Result], purge_blocked: str | None) -> str | None:
-    """Why the row stays although this deployment was processed (SPEC.md step 3)."""
+def keep_reason(results: Sequence[Result], purge_blocked: str | None) -> str | None:
+    """Why the row stays although this deployment was processed (README step 3): a
+    resource not confirmed gone, else why no row may go in this run; None to purge."""
     left = [r.outcome for r in results if r.outcome not in GONE and r.outcome != "planned"]
     if left:
         counted = ", ".join(f"{left.count(o)} {o}" for o in sorted(set(left)))

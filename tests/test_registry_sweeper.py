@@ -12,9 +12,8 @@ import pytest
 
 from janitor.errors import ConfigurationError
 from janitor.naming import Templates
-from janitor.plan import Action, Deployment, Result
+from janitor.plan import Action, Deployment, Result, Share
 from janitor.sweepers.registry import (
-    RegistryWork,
     garbage_collect_due,
     plan_registry,
 )
@@ -48,11 +47,11 @@ def expired(*releases: str) -> list[Deployment]:
     return [Deployment(f"id-{r}", r, "2024-01-01T00:00:00Z") for r in releases]
 
 
-def planned(work: RegistryWork) -> list[tuple[Action, Result]]:
+def planned(work: Share) -> list[tuple[Action, Result]]:
     return [(a, a.planned) for s in work.steps for a in s.actions]
 
 
-def execute(work: RegistryWork) -> list[tuple[Action, Result]]:
+def execute(work: Share) -> list[tuple[Action, Result]]:
     """What the runner does: each step's run (or its planned outcome), one result per action."""
     settled: list[tuple[Action, Result]] = []
     for step in work.steps:
@@ -112,8 +111,8 @@ def test_expired_deployments_lose_every_tag_and_nothing_else(
     manifest_requests = proxy.counts["HEAD manifests"] + proxy.counts["DELETE manifests"]
     assert manifest_requests <= 2 * len(settled)
     assert proxy.counts["DELETE manifests"] == 4  # one per distinct digest
-    assert works[f"id-{first}"].remaining() is None
-    assert works[f"id-{second}"].remaining() is None
+    assert works[f"id-{first}"].remaining[0]() is None
+    assert works[f"id-{second}"].remaining[0]() is None
     assert garbage_collect_due({"registry.tag.delete": {"done": len(settled)}})
 
 
@@ -126,7 +125,7 @@ def test_an_unknown_repository_is_already_clean(registry: Registry, executor: Ex
     assert [(a.target, r.outcome, r.reason) for a, r in execute(work)] == [
         (f"{release}/airflow", "absent", "repository unknown")
     ]
-    assert work.remaining() is None
+    assert work.remaining[0]() is None
     assert not garbage_collect_due({"registry.tag.delete": {"absent": 1}})
 
 
@@ -141,7 +140,7 @@ def test_a_rerun_after_a_finished_sweep_finds_nothing_to_do(
     work = plan_registry(connect(registry), expired(release), TEMPLATE, executor)[f"id-{release}"]
 
     assert work.steps == ()
-    assert work.remaining() is None
+    assert work.remaining[0]() is None
 
 
 def test_a_digest_deleted_between_plan_and_run_is_absent(
@@ -160,7 +159,7 @@ def test_a_digest_deleted_between_plan_and_run_is_absent(
         f"{release}/airflow:a": "absent",
         f"{release}/airflow:b": "absent",
     }
-    assert work.remaining() is None
+    assert work.remaining[0]() is None
 
 
 def test_deletion_disabled_fails_every_tag_and_keeps_the_row(
@@ -178,7 +177,7 @@ def test_deletion_disabled_fails_every_tag_and_keeps_the_row(
     assert [(a.target, r.outcome) for a, r in settled] == [(f"{release}/airflow:v1", "failed")]
     assert "storage.delete.enabled" in str(settled[0][1].error)
     assert readonly_registry.pusher().tags(f"{release}/airflow") == ["v1"]
-    assert work.remaining() == f"repository {release}/airflow still lists 1 tag(s)"
+    assert work.remaining[0]() == f"repository {release}/airflow still lists 1 tag(s)"
 
 
 def test_unreachable_registry_fails_each_deployment_once(
@@ -194,7 +193,7 @@ def test_unreachable_registry_fails_each_deployment_once(
         settled = execute(works[f"id-{release}"])
         assert [(a.target, r.outcome) for a, r in settled] == [(f"{release}/airflow", "failed")]
         assert "cannot reach" in str(settled[0][1].error)
-        assert works[f"id-{release}"].remaining() is not None
+        assert works[f"id-{release}"].remaining[0]() is not None
 
 
 def test_a_url_that_is_not_a_registry_is_a_configuration_error(
@@ -232,7 +231,7 @@ def test_a_tag_that_cannot_be_resolved_is_failed_and_keeps_the_row(
     assert f"{release}/airflow:broken" in str(error)
     assert "500" in str(error)
     assert pusher.tags(f"{release}/airflow") == ["broken"]
-    assert "not fully swept" in str(work.remaining())
+    assert "not fully swept" in str(work.remaining[0]())
 
 
 def test_a_registry_failing_twice_then_recovering(
@@ -289,7 +288,7 @@ def test_tags_with_odd_characters(
     assert pusher.tags(f"{release}/airflow") == []
     assert pusher.tags(f"{other}/airflow") == ["v1"]
     assert not [p for _, p in proxy.paths if other in p or " " in p or "x=1" in p]
-    assert work.remaining() is not None
+    assert work.remaining[0]() is not None
 
 
 def test_steps_run_on_the_sweepers_own_pool_do_not_deadlock(registry: Registry) -> None:

@@ -7,7 +7,7 @@ into SQL only through ``psycopg.sql.Identifier`` (SPEC.md "Safety rules").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from janitor.houston import describe
+from janitor import postgres
 from janitor.naming import Templates
 from janitor.plan import (
     ABSENT,
@@ -23,13 +23,17 @@ from janitor.plan import (
     PLANNED,
     Action,
     Deployment,
+    DeploymentPlan,
+    DeploymentSweeper,
     Result,
+    Share,
     Step,
     failed,
     final,
     single,
     skipped,
 )
+from janitor.postgres import describe
 
 ALWAYS_PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
 ALWAYS_PROTECTED_ROLES = frozenset({"postgres"})
@@ -51,6 +55,57 @@ class Server:
     """Existing roles among the candidates, mapped to whether they are superusers."""
     protected_databases: frozenset[str]
     protected_roles: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Protected:
+    """Names no template may reach besides the built-in ones: the Houston database and the
+    role the janitor logs in to Houston as."""
+
+    databases: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+
+
+def sweeper(
+    conninfo: str,
+    templates: Templates,
+    *,
+    protected: Protected,
+    concurrency: int,
+    stack: ExitStack,
+) -> DeploymentSweeper:
+    """The databases sweeper for the Airflow database server at ``conninfo``; its
+    connection pool, opened by the first plan, is closed with ``stack``."""
+
+    def plan(deployments: Sequence[Deployment]) -> DeploymentPlan:
+        if not deployments:
+            return DeploymentPlan({})
+        try:
+            # A direct connection fails fast with the server's own words; a pool would
+            # only time out.
+            postgres.connect(conninfo).close()
+            pool = stack.enter_context(postgres.open_pool(conninfo, concurrency, "airflow"))
+            server = inspect_server(
+                pool.connection,
+                conninfo,
+                templates,
+                deployments,
+                protected_databases=protected.databases,
+                protected_roles=protected.roles,
+            )
+        except psycopg.Error as exc:
+            failure = Action("database.drop", postgres.server_name(conninfo), failed(describe(exc)))
+            return DeploymentPlan({}, (final(failure),), "databases could not be swept")
+        steps = plan_databases(server, templates, deployments)
+        return DeploymentPlan({key: Share(value) for key, value in steps.items()})
+
+    def problems() -> list[str]:
+        try:
+            return list(server_problems(lambda: postgres.connect(conninfo)))
+        except psycopg.Error as exc:
+            return [f"cannot use {postgres.server_name(conninfo)}: {describe(exc)}"]
+
+    return DeploymentSweeper("databases", "database.drop", plan, problems)
 
 
 def inspect_server(

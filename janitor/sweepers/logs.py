@@ -23,7 +23,7 @@ from urllib.parse import quote
 from elastic_transport import TransportError
 from elasticsearch import ApiError, BadRequestError, Elasticsearch, NotFoundError
 
-from janitor.clients.elasticsearch import describe
+from janitor.clients.elasticsearch import check_elasticsearch, describe, verify_elasticsearch
 from janitor.errors import ConfigurationError
 from janitor.plan import (
     ABSENT,
@@ -32,6 +32,7 @@ from janitor.plan import (
     Action,
     Result,
     Step,
+    Sweeper,
     failed,
     final,
     skipped,
@@ -368,3 +369,50 @@ def _missing_index(error: NotFoundError) -> str | None:
         index = cause.get("index") or cause.get("resource.id")
         return str(index) if index is not None else None
     return None
+
+
+@dataclass(frozen=True)
+class LogRetention:
+    """What the logs sweeper deletes: indices matching ``patterns`` older than
+    ``retention_days``, their age read as ``age_source`` says (README "Log indices")."""
+
+    patterns: tuple[str, ...]
+    retention_days: int
+    age_source: AgeSource = "creation_date"
+    timestring: str = "%Y.%m.%d"
+
+
+def sweeper(
+    connect: Callable[[], Elasticsearch], url: str, retention: LogRetention, now: datetime
+) -> Sweeper:
+    """The logs sweeper for the Elasticsearch at ``url``: ``plan`` verifies the server
+    (ConfigurationError, exit 2, for one that is not a supported Elasticsearch) and turns
+    a server it cannot read into one failed event."""
+    target = ",".join(retention.patterns)
+
+    def plan() -> list[Step]:
+        es = connect()
+        try:
+            verify_elasticsearch(es, url)
+            return plan_logs(
+                es,
+                patterns=retention.patterns,
+                retention_days=retention.retention_days,
+                age_source=retention.age_source,
+                timestring=retention.timestring,
+                now=now,
+            )
+        except (ApiError, TransportError) as exc:
+            return [final(Action(EVENT, target, failed(describe(exc))))]
+
+    def problems() -> list[str]:
+        es = connect()
+        try:
+            verify_elasticsearch(es, url)
+        except ConfigurationError as exc:
+            return [str(exc)]
+        except (ApiError, TransportError) as exc:
+            return [describe(exc)]
+        return check_elasticsearch(es, retention.patterns)
+
+    return Sweeper("logs", EVENT, plan, problems)

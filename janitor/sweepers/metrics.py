@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from janitor.clients.http import HttpOptions, make_session
 from janitor.durations import format_duration, parse_duration
 from janitor.errors import ConfigurationError
-from janitor.plan import Action, Result, Step, final
+from janitor.plan import Action, Result, Step, Sweeper, final
 
 EVENT = "metrics.retention.check"
 
@@ -433,3 +433,15 @@ def _api_exception_text(exc: ApiException, kind: Kind, where: str) -> str:
             f"service account needs get on {resource} in that namespace"
         )
     return f"the Kubernetes API answered HTTP {status} {exc.reason} reading {where}"
+
+
+def sweeper(read: Callable[[], Retention], target: str, expected_days: int) -> Sweeper:
+    """The Prometheus retention check: ``read`` gets the retention from the HTTP API
+    (:func:`read_retention`) or from Kubernetes (:func:`kubernetes_retention`), raising
+    RetentionUnreadable for anything it cannot read; ``target`` names the source in events."""
+    return Sweeper(
+        "metrics",
+        EVENT,
+        plan=lambda: [_check(target, read, expected_days)],
+        problems=lambda: _problems(read),
+    )

@@ -11,14 +11,29 @@ are checked against the spec's grammar before they go into a URL.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack
 from functools import partial
 from typing import TypeVar
 
 from janitor.clients.registry import RegistryClient, RegistryError, valid_tag
-from janitor.naming import Templates
-from janitor.plan import ABSENT, DONE, PLANNED, Action, Deployment, Result, Step, failed, final
+from janitor.naming import SAMPLE_RELEASE, Templates
+from janitor.plan import (
+    ABSENT,
+    DONE,
+    PLANNED,
+    Action,
+    Counts,
+    Deployment,
+    DeploymentPlan,
+    DeploymentSweeper,
+    Probe,
+    Result,
+    Share,
+    Step,
+    failed,
+    final,
+)
 
 EVENT = "registry.tag.delete"
 GARBAGE_COLLECT_DUE = (
@@ -29,19 +44,43 @@ GARBAGE_COLLECT_DUE = (
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RegistryWork:
-    """What the registry holds of one deployment: its steps, and the post-check that its
-    repository lists no tags any more (None when clean, else a sentence)."""
+def sweeper(
+    connect: Callable[[], RegistryClient],
+    templates: Templates,
+    *,
+    concurrency: int,
+    stack: ExitStack,
+) -> DeploymentSweeper:
+    """The registry sweeper; the client ``connect`` builds, and the executor of its
+    requests, are closed with ``stack``."""
 
-    steps: tuple[Step, ...]
-    remaining: Callable[[], str | None]
+    def plan(deployments: Sequence[Deployment]) -> DeploymentPlan:
+        if not deployments:
+            return DeploymentPlan({})
+        client = connect()
+        stack.callback(client.close)
+        # Its own pool: deployment workers wait on these requests, so they must not share one.
+        executor = stack.enter_context(ThreadPoolExecutor(concurrency, "registry"))
+        return DeploymentPlan(plan_registry(client, deployments, templates, executor))
+
+    def problems() -> list[str]:
+        client = connect()
+        try:
+            return client.check(templates.repository_name(SAMPLE_RELEASE))
+        finally:
+            client.close()
+
+    return DeploymentSweeper("registry", EVENT, plan, problems, notes=_notes)
 
 
-def garbage_collect_due(counts: Mapping[str, Mapping[str, int]]) -> bool:
+def garbage_collect_due(counts: Counts) -> bool:
     """Whether ``run.finished`` should say a registry garbage-collect is due: any manifest
     deleted in this run still holds its blobs until then."""
     return counts.get(EVENT, {}).get("done", 0) > 0
+
+
+def _notes(counts: Counts) -> dict[str, str]:
+    return {"registry_garbage_collect": GARBAGE_COLLECT_DUE} if garbage_collect_due(counts) else {}
 
 
 def plan_registry(
@@ -49,7 +88,7 @@ def plan_registry(
     deployments: Sequence[Deployment],
     templates: Templates,
     executor: Executor,
-) -> dict[str, RegistryWork]:
+) -> dict[str, Share]:
     """Steps per ``Deployment.id`` (deployments whose names ``templates`` accepts). Raises
     ConfigurationError (nothing changed) when the URL is not a registry."""
     repositories = {d.id: templates.repository_name(d.release_name) for d in deployments}
@@ -78,7 +117,7 @@ def plan_registry(
             strict=True,
         )
     )
-    works: dict[str, RegistryWork] = {}
+    works: dict[str, Share] = {}
     for d, listing in zip(deployments, listings, strict=True):
         repository = repositories[d.id]
         if isinstance(listing, RegistryError):
@@ -87,7 +126,7 @@ def plan_registry(
             unknown = Action(
                 EVENT, repository, Result("absent", reason="repository unknown"), d.release_name
             )
-            works[d.id] = RegistryWork((final(unknown),), _remaining(client, repository, None))
+            works[d.id] = Share((final(unknown),), (_remaining(client, repository, None),))
         else:
             works[d.id] = _work(
                 client, d, repository, tags=sorted(set(listing)), digests=digests, executor=executor
@@ -103,7 +142,7 @@ def _work(
     tags: list[str],
     digests: Mapping[tuple[str, str], str | RegistryError | None],
     executor: Executor,
-) -> RegistryWork:
+) -> Share:
     planned: list[Action] = []
     settled: list[Step] = []
     problems: list[str] = []
@@ -128,7 +167,7 @@ def _work(
         actions = tuple(planned)
         steps = (Step(actions, lambda: _delete(client, repository, actions, executor)), *steps)
     problem = f"{problems[0]} ({len(problems)} tag(s) not swept)" if problems else None
-    return RegistryWork(steps, _remaining(client, repository, problem))
+    return Share(steps, (_remaining(client, repository, problem),))
 
 
 def _tag_action(deployment: Deployment, target: str, digest: str | None, planned: Result) -> Action:
@@ -149,16 +188,12 @@ def _delete(
     return [by_digest[str(a.fields["digest"])] for a in actions]
 
 
-def _unswept(
-    client: RegistryClient, deployment: Deployment, repository: str, error: str
-) -> RegistryWork:
+def _unswept(client: RegistryClient, deployment: Deployment, repository: str, error: str) -> Share:
     action = Action(EVENT, repository, failed(error), deployment.release_name)
-    return RegistryWork((final(action),), _remaining(client, repository, error))
+    return Share((final(action),), (_remaining(client, repository, error),))
 
 
-def _remaining(
-    client: RegistryClient, repository: str, problem: str | None
-) -> Callable[[], str | None]:
+def _remaining(client: RegistryClient, repository: str, problem: str | None) -> Probe:
     def remaining() -> str | None:
         # A plan that could not see the whole repository cannot prove it clean: the row
         # stays, and the next run looks again (SPEC.md step 3).

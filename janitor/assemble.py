@@ -1,0 +1,156 @@
+"""Settings become the Houston table, the clients and the sweepers of a run, in one place for
+`run` and `check` alike (README "Configuration").
+
+This is the only module that reads Settings on behalf of the sweepers: below it, every
+module takes plain values, so the name and safety rules stay testable on their own.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from janitor.clients.elasticsearch import connect_elasticsearch
+from janitor.clients.http import HttpOptions
+from janitor.clients.registry import RegistryClient, connect_registry
+from janitor.config import Settings
+from janitor.errors import ConfigurationError
+from janitor.houston import Table
+from janitor.plan import DeploymentSweeper, Sweeper
+from janitor.redact import display_url
+from janitor.sweepers import databases, logs, metrics, registry
+
+if TYPE_CHECKING:
+    import requests
+    from elasticsearch import Elasticsearch
+    from kubernetes.client import ApiClient
+
+
+@dataclass(frozen=True)
+class Sweepers:
+    """The sweepers a run uses, in the order their events are printed."""
+
+    deployment: tuple[DeploymentSweeper, ...]
+    standalone: tuple[Sweeper, ...]
+
+
+def houston_table(settings: Settings) -> Table:
+    return Table(
+        schema=settings.houston_schema,
+        table=settings.houston_table,
+        id_column=settings.houston_id_column,
+        release_column=settings.houston_release_column,
+        deleted_column=settings.houston_deleted_column,
+    )
+
+
+def sweepers(
+    settings: Settings,
+    stack: ExitStack,
+    *,
+    now: datetime,
+    protected: databases.Protected | None = None,
+    kube: ApiClient | None = None,
+) -> Sweepers:
+    """Every sweeper ``settings.subsystems`` selects; nothing connects before a sweeper's
+    ``plan`` or ``problems`` is called. ``protected``: names of the Houston side that no
+    template may reach (none needed for ``check``, which drops nothing)."""
+    chosen = settings.subsystems
+    deployment: list[DeploymentSweeper] = []
+    standalone: list[Sweeper] = []
+    airflow = settings.airflow_conninfo()
+    if "databases" in chosen and airflow is not None:
+        deployment.append(
+            databases.sweeper(
+                airflow,
+                settings.templates(),
+                protected=protected or databases.Protected(),
+                concurrency=settings.concurrency,
+                stack=stack,
+            )
+        )
+    if "registry" in chosen:
+        deployment.append(
+            registry.sweeper(
+                lambda: registry_client(settings),
+                settings.templates(),
+                concurrency=settings.concurrency,
+                stack=stack,
+            )
+        )
+    if "logs" in chosen:
+        retention = logs.LogRetention(
+            patterns=settings.log_index_patterns,
+            retention_days=settings.log_retention_days,
+            age_source=settings.log_age_source,
+            timestring=settings.log_timestring,
+        )
+        url = settings.elasticsearch_url or ""
+        standalone.append(logs.sweeper(lambda: elasticsearch_client(settings), url, retention, now))
+    if "metrics" in chosen:
+        standalone.append(_metrics(settings, kube))
+    return Sweepers(tuple(deployment), tuple(standalone))
+
+
+def _metrics(settings: Settings, kube: ApiClient | None) -> Sweeper:
+    expected = settings.metrics_retention_days
+    if settings.prometheus_source == "kubernetes":
+        namespace, name = settings.kubernetes_namespace or "", settings.prometheus_name
+        kind = settings.prometheus_kind
+        return metrics.sweeper(
+            lambda: metrics.kubernetes_retention(
+                kube or _kubeconfig_client(), namespace=namespace, name=name, kind=kind
+            ),
+            metrics.kubernetes_target(namespace=namespace, name=name, kind=kind),
+            expected,
+        )
+    url = settings.prometheus_url or ""
+    return metrics.sweeper(
+        lambda: metrics.read_retention(prometheus_client(settings), url), display_url(url), expected
+    )
+
+
+def registry_client(settings: Settings) -> RegistryClient:
+    return connect_registry(
+        settings.registry_url or "",
+        username=settings.registry_username,
+        password=settings.reveal("registry_password"),
+        token=settings.reveal("registry_token"),
+        ca_bundle=settings.registry_ca_bundle,
+        # The pool size is what bounds requests in flight (JANITOR_CONCURRENCY).
+        options=HttpOptions(pool_size=settings.concurrency),
+    )
+
+
+def elasticsearch_client(settings: Settings) -> Elasticsearch:
+    return connect_elasticsearch(
+        settings.elasticsearch_url or "",
+        username=settings.elasticsearch_username,
+        password=settings.reveal("elasticsearch_password"),
+        api_key=settings.reveal("elasticsearch_api_key"),
+        ca_bundle=settings.elasticsearch_ca_bundle,
+    )
+
+
+def prometheus_client(settings: Settings) -> requests.Session:
+    return metrics.connect_prometheus(
+        settings.prometheus_url or "",
+        username=settings.prometheus_username,
+        password=settings.reveal("prometheus_password"),
+        token=settings.reveal("prometheus_token"),
+        ca_bundle=settings.prometheus_ca_bundle,
+    )
+
+
+def _kubeconfig_client() -> ApiClient:
+    """Outside a cluster (an operator's shell), the current kubeconfig context."""
+    import kubernetes.config  # noqa: PLC0415 - the Kubernetes client is heavy: only when used
+
+    try:
+        return kubernetes.config.new_client_from_config()  # type: ignore[no-untyped-call, no-any-return]
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        raise ConfigurationError(
+            f"JANITOR_PROMETHEUS_SOURCE=kubernetes outside a cluster needs a kubeconfig ({exc})"
+        ) from None
