@@ -98,7 +98,7 @@ def test_templates_use_only_the_release_fields(template: str, ok: bool) -> None:
     if ok:
         assert check_template(template) == template
     else:
-        with pytest.raises(ValueError, match="template|release"):
+        with pytest.raises(ValueError, match=r"template|release"):
             check_template(template)
 
 
