@@ -167,14 +167,15 @@ class DeploymentSweeper:
     ``plan`` reads the world and never raises on remote trouble: what it cannot read or
     may not do becomes failed actions. It raises only ConfigurationError, for an endpoint
     that is not what the configuration says (exit 2, nothing changed). ``problems`` is what
-    ``janitor check`` reports: sentences naming what keeps the sweeper from its job.
+    ``janitor check`` reports: sentences naming what keeps the sweeper from its job, for
+    the expired deployments given (the same failures their plan would show).
     """
 
     subsystem: str
     event: str
     """The event its actions report, also used for a failure of the sweeper as a whole."""
     plan: Callable[[Sequence[Deployment]], DeploymentPlan]
-    problems: Callable[[], list[str]]
+    problems: Callable[[Sequence[Deployment]], list[str]]
     notes: Callable[[Counts], Mapping[str, str]] = lambda _: {}
     """Fields ``run.finished`` gains from the run's counts (e.g. a garbage-collect hint)."""
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from janitor import assemble, houston, postgres
 from janitor.config import Settings
 from janitor.errors import ExitCode
 from janitor.events import Log
-from janitor.plan import unexpected
+from janitor.plan import Deployment, unexpected
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -34,12 +35,17 @@ ROWS_SHOWN = 5
 def check(settings: Settings, log: Log, *, kube: ApiClient | None = None) -> int:
     probes: list[tuple[str, Callable[[], list[str]]]] = []
     conninfo = settings.houston_conninfo()
+    expired: list[Deployment] = []
     if conninfo is not None:
-        probes.append(("houston", lambda: list(houston_problems(settings, conninfo))))
+        probes.append(("houston", lambda: list(houston_problems(settings, conninfo, expired))))
     failures = 0
     with ExitStack() as stack:
         chosen = assemble.sweepers(settings, stack, now=datetime.now(UTC), kube=kube)
-        probes += [(COMPONENTS[s.subsystem], s.problems) for s in chosen.deployment]
+        # Run after the houston probe, which fills `expired`: the deployment sweepers
+        # report what their plan of the expired fleet would fail.
+        probes += [
+            (COMPONENTS[s.subsystem], partial(s.problems, expired)) for s in chosen.deployment
+        ]
         probes += [(COMPONENTS[s.subsystem], s.problems) for s in chosen.standalone]
         for component, probe in probes:
             try:
@@ -56,9 +62,10 @@ def check(settings: Settings, log: Log, *, kube: ApiClient | None = None) -> int
     return int(code)
 
 
-def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
+def houston_problems(settings: Settings, conninfo: str, expired: list[Deployment]) -> Iterator[str]:
     """The deployments table, the janitor's privileges on it, and expired rows that every
-    run will skip and keep until an operator looks at them."""
+    run will skip and keep until an operator looks at them; ``expired`` receives the
+    deployments a run would sweep."""
     table = assemble.houston_table(settings)
     with postgres.connect(conninfo) as conn:
         problems = list(houston.table_problems(conn, table))
@@ -72,6 +79,7 @@ def houston_problems(settings: Settings, conninfo: str) -> Iterator[str]:
             retention_days=settings.retention_days,
             refusal=settings.templates().refusal,
         )
+    expired.extend(fleet.expired)
     for rejected in fleet.rejected[:ROWS_SHOWN]:
         row = rejected.deployment
         yield f"expired deployment row id={row.id} is skipped on every run: {rejected.reason}"

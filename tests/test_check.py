@@ -18,7 +18,8 @@ def test_check_passes_for_a_superuser_on_a_well_formed_houston(
 
 
 def test_check_lists_what_a_limited_account_lacks(houston: Houston, env: dict[str, str]) -> None:
-    """A role that can only read: exit 1, naming the missing table privileges and CREATEROLE."""
+    """A role that can only read: exit 1, naming the missing table privileges, CREATEROLE and
+    pg_signal_backend."""
     role = f"{houston.prefix}_reader"
     houston.create_role(role)
     with admin() as conn:
@@ -46,7 +47,7 @@ def test_check_lists_what_a_limited_account_lacks(houston: Houston, env: dict[st
     assert any("missing UPDATE" in p for p in problems["houston"])
     assert any("missing DELETE" in p for p in problems["houston"])
     assert any("CREATEROLE" in p for p in problems["airflow-databases"])
-    assert any("CREATEDB" in p for p in problems["airflow-databases"])
+    assert any("pg_signal_backend" in p for p in problems["airflow-databases"])
 
 
 def test_check_names_a_missing_table(houston: Houston, env: dict[str, str]) -> None:

@@ -1,14 +1,20 @@
 """Databases sweeper: each expired deployment's Airflow metadata database, then its roles.
 
 Names come only from the configured templates applied to a validated release name, and go
-into SQL only through ``psycopg.sql.Identifier`` (SPEC.md "Safety rules").
+into SQL only through ``psycopg.sql.Identifier`` (README "Safety rules").
+
+Plan = execution (README "How a run works"): the plan reads, for the whole fleet in a few
+catalog queries, what the janitor's account may drop and what would stop a drop (prepared
+transactions, replication slots, subscriptions, objects a role owns elsewhere). What it may
+not do or cannot do is ``failed`` in the plan, dry run and real run alike, with the grant
+or statement that fixes it, and is never attempted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -33,14 +39,50 @@ from janitor.plan import (
     single,
     skipped,
 )
-from janitor.postgres import describe
+from janitor.postgres import DEFAULT_TIMEOUTS, Timeouts, describe
 
 ALWAYS_PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
 ALWAYS_PROTECTED_ROLES = frozenset({"postgres"})
 # DROP DATABASE ... WITH (FORCE) exists from PostgreSQL 13 on.
 FORCE_DROP_VERSION = 130000
+# From PostgreSQL 16 on, CREATEROLE alone no longer lets a role drop other roles: it needs
+# ADMIN OPTION on each (release notes 16, "Restrict the privileges of CREATEROLE").
+ADMIN_OPTION_VERSION = 160000
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+
+
+@dataclass(frozen=True)
+class Account:
+    """The role the janitor logs in to the Airflow database server as."""
+
+    name: str
+    superuser: bool
+    createrole: bool
+    may_signal: bool
+    """Member of pg_signal_backend: may end other roles' sessions (DROP ... WITH (FORCE))."""
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """An existing deployment database, as the plan reads it."""
+
+    owner: str
+    may_drop: bool
+    """The account is superuser, or a member of the owner (PostgreSQL: DROP DATABASE)."""
+    blockers: tuple[str, ...] = ()
+    """What would make the server refuse the drop, each with what clears it."""
+
+
+@dataclass(frozen=True)
+class RoleFacts:
+    """An existing deployment role, as the plan reads it."""
+
+    superuser: bool
+    may_drop: bool
+    owned_databases: frozenset[str] = frozenset()
+    owned_elsewhere: Mapping[str, int] = field(default_factory=dict)
+    """Objects it owns, by database (not counting its databases, listed above)."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +92,12 @@ class Server:
     connect: Connect
     conninfo: str
     version: int
-    databases: frozenset[str]
-    roles: Mapping[str, bool]
-    """Existing roles among the candidates, mapped to whether they are superusers."""
+    account: Account
+    databases: Mapping[str, DatabaseFacts]
+    roles: Mapping[str, RoleFacts]
     protected_databases: frozenset[str]
     protected_roles: frozenset[str]
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
 
 
 @dataclass(frozen=True)
@@ -73,9 +116,21 @@ def sweeper(
     protected: Protected,
     concurrency: int,
     stack: ExitStack,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> DeploymentSweeper:
     """The databases sweeper for the Airflow database server at ``conninfo``; its
     connection pool, opened by the first plan, is closed with ``stack``."""
+
+    def read(deployments: Sequence[Deployment], connect: Connect) -> Server:
+        return inspect_server(
+            connect,
+            conninfo,
+            templates,
+            deployments,
+            protected_databases=protected.databases,
+            protected_roles=protected.roles,
+            timeouts=timeouts,
+        )
 
     def plan(deployments: Sequence[Deployment]) -> DeploymentPlan:
         if not deployments:
@@ -83,29 +138,89 @@ def sweeper(
         try:
             # A direct connection fails fast with the server's own words; a pool would
             # only time out.
-            postgres.connect(conninfo).close()
-            pool = stack.enter_context(postgres.open_pool(conninfo, concurrency, "airflow"))
-            server = inspect_server(
-                pool.connection,
-                conninfo,
-                templates,
-                deployments,
-                protected_databases=protected.databases,
-                protected_roles=protected.roles,
+            postgres.connect(conninfo, timeouts).close()
+            pool = stack.enter_context(
+                postgres.open_pool(conninfo, concurrency, "airflow", timeouts)
             )
+            server = read(deployments, pool.connection)
         except psycopg.Error as exc:
             failure = Action("database.drop", postgres.server_name(conninfo), failed(describe(exc)))
             return DeploymentPlan({}, (final(failure),), "databases could not be swept")
         steps = plan_databases(server, templates, deployments)
         return DeploymentPlan({key: Share(value) for key, value in steps.items()})
 
-    def problems() -> list[str]:
+    def problems(deployments: Sequence[Deployment]) -> list[str]:
+        """The account's missing role attributes, then what the plan of ``deployments``
+        would report failed: the same code as a run."""
         try:
-            return list(server_problems(lambda: postgres.connect(conninfo)))
+            server = read(deployments, lambda: postgres.connect(conninfo, timeouts))
         except psycopg.Error as exc:
             return [f"cannot use {postgres.server_name(conninfo)}: {describe(exc)}"]
+        found = list(account_problems(server.account))
+        for steps in plan_databases(server, templates, deployments).values():
+            found += [
+                str(a.planned.error)
+                for step in steps
+                for a in step.actions
+                if a.planned.outcome == "failed"
+            ]
+        return found
 
     return DeploymentSweeper("databases", "database.drop", plan, problems)
+
+
+_ACCOUNT = """
+SELECT current_user, rolsuper, rolcreaterole,
+       pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
+  FROM pg_roles WHERE rolname = current_user
+"""
+_DATABASES = """
+SELECT datname, pg_get_userbyid(datdba), pg_has_role(current_user, datdba, 'MEMBER')
+  FROM pg_database WHERE datname = ANY(%(names)s)
+"""
+# Each kind of drop blocker with the statement that clears it (README "Safety rules"): the
+# janitor clears none itself, they may belong to someone's pipeline.
+_BLOCKERS = """
+SELECT database, 'prepared transaction ' || quote_literal(gid)
+       || ' (COMMIT PREPARED or ROLLBACK PREPARED ' || quote_literal(gid) || ')'
+  FROM pg_prepared_xacts WHERE database = ANY(%(names)s)
+UNION ALL
+SELECT database, 'logical replication slot ' || quote_literal(slot_name)
+       || ' (SELECT pg_drop_replication_slot(' || quote_literal(slot_name) || '))'
+  FROM pg_replication_slots WHERE database = ANY(%(names)s)
+UNION ALL
+SELECT d.datname, 'subscription ' || quote_ident(s.subname)
+       || ' (ALTER SUBSCRIPTION ' || quote_ident(s.subname) || ' DISABLE; ALTER SUBSCRIPTION '
+       || quote_ident(s.subname) || ' SET (slot_name = NONE); DROP SUBSCRIPTION '
+       || quote_ident(s.subname) || ')'
+  FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid
+ WHERE d.datname = ANY(%(names)s)
+UNION ALL
+SELECT datname, 'session ' || pid || ' of role ' || quote_ident(usename)
+       || ', which the janitor may not end (GRANT pg_signal_backend TO '
+       || quote_ident(current_user) || ')'
+  FROM pg_stat_activity
+ WHERE datname = ANY(%(names)s) AND pid <> pg_backend_pid() AND NOT %(may_signal)s
+   AND NOT pg_has_role(current_user, usesysid, 'MEMBER')
+"""
+_ROLES = """
+SELECT r.rolname, r.rolsuper, r.oid,
+       pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')
+  FROM pg_roles r WHERE r.rolname = ANY(%(names)s)
+"""
+_OWNED_DATABASES = """
+SELECT pg_get_userbyid(datdba), datname FROM pg_database
+ WHERE pg_get_userbyid(datdba) = ANY(%(names)s)
+"""
+# Objects owned in each database (pg_shdepend deptype 'o'; default ACLs are only grants).
+_OWNED_OBJECTS = """
+SELECT pg_get_userbyid(s.refobjid), d.datname, count(*)
+  FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+ WHERE s.refclassid = 'pg_authid'::regclass AND s.deptype = 'o'
+   AND s.classid <> 'pg_default_acl'::regclass
+   AND s.refobjid = ANY(%(oids)s)
+ GROUP BY 1, 2
+"""
 
 
 def inspect_server(
@@ -116,197 +231,249 @@ def inspect_server(
     *,
     protected_databases: frozenset[str],
     protected_roles: frozenset[str],
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> Server:
-    """All reads the plan needs, in three queries whatever the fleet size."""
-    databases = [naming.database_name(d.release_name) for d in deployments]
-    roles = [r for d in deployments for r in naming.role_names(d.release_name)]
+    """All reads the plan needs, in a fixed number of catalog queries whatever the fleet."""
+    database_names = [naming.database_name(d.release_name) for d in deployments]
+    role_names = [r for d in deployments for r in naming.role_names(d.release_name)]
     with connect() as conn:
-        existing_dbs = {
-            row[0]
-            for row in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (databases,)
-            )
+        ((user, superuser, createrole, may_signal),) = conn.execute(_ACCOUNT).fetchall()
+        account = Account(user, superuser, createrole, may_signal)
+        blockers: dict[str, list[str]] = {}
+        params = {"names": database_names, "may_signal": superuser or may_signal}
+        for database, blocker in conn.execute(_BLOCKERS, params):
+            blockers.setdefault(database, []).append(blocker)
+        databases = {
+            name: DatabaseFacts(owner, may_drop, tuple(blockers.get(name, ())))
+            for name, owner, may_drop in conn.execute(_DATABASES, {"names": database_names})
         }
-        existing_roles = {
-            row[0]: row[1]
-            for row in conn.execute(
-                "SELECT rolname, rolsuper FROM pg_roles WHERE rolname = ANY(%s)", (roles,)
-            )
-        }
-        ((current_database, current_user),) = conn.execute(
-            "SELECT current_database(), current_user"
-        ).fetchall()
+        role_rows = conn.execute(_ROLES, {"names": role_names}).fetchall()
+        owned_databases: dict[str, set[str]] = {}
+        for owner, database in conn.execute(_OWNED_DATABASES, {"names": role_names}):
+            owned_databases.setdefault(owner, set()).add(database)
+        owned_objects: dict[str, dict[str, int]] = {}
+        oids = [row[2] for row in role_rows]
+        for owner, database, count in conn.execute(_OWNED_OBJECTS, {"oids": oids}):
+            owned_objects.setdefault(owner, {})[database] = count
+        ((current_database,),) = conn.execute("SELECT current_database()").fetchall()
         version = conn.info.server_version
+    roles = {
+        name: RoleFacts(
+            superuser=is_super,
+            may_drop=_may_drop_role(account, version, admin),
+            owned_databases=frozenset(owned_databases.get(name, ())),
+            owned_elsewhere=owned_objects.get(name, {}),
+        )
+        for name, is_super, _, admin in role_rows
+    }
     return Server(
         connect=connect,
         conninfo=conninfo,
         version=version,
-        databases=frozenset(existing_dbs),
-        roles=existing_roles,
+        account=account,
+        databases=databases,
+        roles=roles,
         protected_databases=ALWAYS_PROTECTED_DATABASES | protected_databases | {current_database},
-        protected_roles=ALWAYS_PROTECTED_ROLES | protected_roles | {current_user},
+        protected_roles=ALWAYS_PROTECTED_ROLES | protected_roles | {user},
+        timeouts=timeouts,
     )
+
+
+def _may_drop_role(account: Account, version: int, admin_option: bool) -> bool:
+    if account.superuser:
+        return True
+    if version >= ADMIN_OPTION_VERSION:
+        return account.createrole and admin_option
+    return account.createrole
 
 
 def plan_databases(
     server: Server, naming: Templates, deployments: Sequence[Deployment]
 ) -> dict[str, tuple[Step, ...]]:
     """Per deployment id: drop the database first, then the roles (they own it)."""
-    return {
-        d.id: (
-            _database_step(server, naming.database_name(d.release_name), d.release_name),
+    plans: dict[str, tuple[Step, ...]] = {}
+    for d in deployments:
+        database = naming.database_name(d.release_name)
+        database_step = _database_step(server, database, d.release_name)
+        (database_action,) = database_step.actions
+        dropped = {database} if database_action.planned.outcome in ("planned", "absent") else set()
+        plans[d.id] = (
+            database_step,
             *(
-                _role_step(server, role, d.release_name)
+                _role_step(server, role, d.release_name, dropped)
                 for role in naming.role_names(d.release_name)
             ),
         )
-        for d in deployments
-    }
-
-
-def _refusal(name: str, protected: frozenset[str]) -> str | None:
-    # Names too long for PostgreSQL never get here: naming.Templates.refusal keeps their
-    # deployment out of the plan.
-    return "protected" if name in protected else None
+    return plans
 
 
 def _database_step(server: Server, name: str, release: str) -> Step:
-    refusal = _refusal(name, server.protected_databases)
-    if refusal:
-        return final(Action("database.drop", name, skipped(refusal), release))
-    if name not in server.databases:
-        return final(Action("database.drop", name, ABSENT, release))
-    action = Action("database.drop", name, PLANNED, release)
-    return single(action, lambda: drop_database(server, name))
+    facts = server.databases.get(name)
+    if name in server.protected_databases:
+        result = skipped("protected")
+    elif facts is None:
+        result = ABSENT
+    else:
+        error = _database_refusal(server.account, name, facts)
+        if error is None:
+            action = Action("database.drop", name, PLANNED, release)
+            return single(action, lambda: drop_database(server, name))
+        result = failed(error)
+    return final(Action("database.drop", name, result, release))
 
 
-def _role_step(server: Server, name: str, release: str) -> Step:
-    refusal = _refusal(name, server.protected_roles) or _role_refusal(name, server.roles)
-    if refusal:
-        return final(Action("role.drop", name, skipped(refusal), release))
-    if name not in server.roles:
-        return final(Action("role.drop", name, ABSENT, release))
-    action = Action("role.drop", name, PLANNED, release)
-    return single(action, lambda: drop_role(server, name))
-
-
-def _role_refusal(name: str, roles: Mapping[str, bool]) -> str | None:
-    if name.startswith("pg_"):
-        return "protected (pg_ roles are reserved)"
-    if roles.get(name):
-        return "protected (superuser)"
+def _database_refusal(account: Account, name: str, facts: DatabaseFacts) -> str | None:
+    if not facts.may_drop:
+        return (
+            f"cannot drop database {name}: the janitor's role {account.name} is neither "
+            f"superuser nor a member of its owner {facts.owner} (fix: GRANT "
+            f"{_quoted(facts.owner)} TO {_quoted(account.name)}; or ALTER DATABASE "
+            f"{_quoted(name)} OWNER TO {_quoted(account.name)})"
+        )
+    if facts.blockers:
+        return f"cannot drop database {name}: it has " + "; ".join(facts.blockers)
     return None
+
+
+def _role_step(server: Server, name: str, release: str, dropped: set[str]) -> Step:
+    facts = server.roles.get(name)
+    if name in server.protected_roles or name.startswith("pg_"):
+        reserved = " (pg_ roles are reserved)" if name.startswith("pg_") else ""
+        result = skipped("protected" + reserved)
+    elif facts is None:
+        result = ABSENT
+    elif facts.superuser:
+        result = skipped("protected (superuser)")
+    else:
+        error = _role_refusal(server, name, facts, dropped)
+        if error is None:
+            action = Action("role.drop", name, PLANNED, release)
+            return single(action, lambda: drop_role(server, name))
+        result = failed(error)
+    return final(Action("role.drop", name, result, release))
+
+
+def _role_refusal(server: Server, name: str, facts: RoleFacts, dropped: set[str]) -> str | None:
+    account = server.account
+    if not facts.may_drop:
+        if server.version >= ADMIN_OPTION_VERSION:
+            fix = (
+                f"on PostgreSQL 16 and later it needs CREATEROLE and ADMIN OPTION on the role: "
+                f"GRANT {_quoted(name)} TO {_quoted(account.name)} WITH ADMIN OPTION"
+            )
+        else:
+            fix = f"it needs CREATEROLE: ALTER ROLE {_quoted(account.name)} CREATEROLE"
+        return f"cannot drop role {name}: the janitor's role {account.name} may not ({fix})"
+    kept = sorted(facts.owned_databases - dropped)
+    if kept:
+        return (
+            f"cannot drop role {name}: it owns database {', '.join(kept)}, which this run does "
+            "not drop"
+        )
+    elsewhere = {db: n for db, n in facts.owned_elsewhere.items() if db not in dropped}
+    if elsewhere:
+        return f"cannot drop role {name}: it owns " + "; ".join(
+            f"{n} object(s) in database {db} (reassign or drop them first: "
+            f"REASSIGN OWNED BY {_quoted(name)} TO ... in {db})"
+            for db, n in sorted(elsewhere.items())
+        )
+    return None
+
+
+def _quoted(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
 
 
 def drop_database(server: Server, name: str) -> Result:
     ident = sql.Identifier(name)
     try:
         with server.connect() as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if row is None:
                 return ABSENT
-            if server.version >= FORCE_DROP_VERSION:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-            else:
-                # Before 13: stop new sessions, end the open ones, then drop.
-                conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (name,),
-                )
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+            try:
+                _drop_database(conn, server.version, ident, name)
+            except psycopg.errors.LockNotAvailable:
+                holders = postgres.object_holders(conn, "pg_database", row[0])
+                wait = postgres.lock_wait(f"database {name}", server.timeouts, holders)
+                return failed(f"cannot drop database {name}: {wait}")
     except psycopg.Error as exc:
         return failed(f"cannot drop database {name}: {describe(exc)}")
     return DONE
 
 
-_DEPENDENCIES = """
-SELECT d.datname, count(*) FILTER (
-         WHERE s.deptype = 'o' AND s.classid <> 'pg_default_acl'::regclass) AS owned,
-       count(*) FILTER (
-         WHERE s.deptype <> 'o' OR s.classid = 'pg_default_acl'::regclass) AS grants
+def _drop_database(
+    conn: psycopg.Connection[Any], version: int, ident: sql.Identifier, name: str
+) -> None:
+    if version >= FORCE_DROP_VERSION:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        return
+    # Before 13: stop new sessions, end the open ones, then drop.
+    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    )
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+
+
+_GRANTS = """
+SELECT DISTINCT d.datname
   FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid
  WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = %s
- GROUP BY d.datname
+   AND (s.deptype <> 'o' OR s.classid = 'pg_default_acl'::regclass)
 """
 
 
 def drop_role(server: Server, name: str) -> Result:
-    """Drops the role after revoking what it was granted; refuses when it still owns things.
-
-    Objects the role owns outside its (already dropped) database are other people's data:
-    they are named in the error rather than reassigned or dropped behind the operator's back.
-    """
+    """Drops the role after revoking what it was granted (``DROP OWNED`` in each database
+    holding grants: the plan proved it owns nothing there)."""
     try:
         with server.connect() as conn:
             row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
             if row is None:
                 return ABSENT
-            blockers, grant_dbs = _dependencies(conn, row[0])
-            if blockers:
-                return failed(f"cannot drop role {name}: it owns {'; '.join(blockers)}")
-            for database in grant_dbs:
-                _revoke_grants(server, conn, database, name)
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+            try:
+                for (database,) in conn.execute(_GRANTS, (row[0],)).fetchall():
+                    _revoke_grants(server, conn, database, name)
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+            except psycopg.errors.LockNotAvailable:
+                holders = postgres.object_holders(conn, "pg_authid", row[0])
+                wait = postgres.lock_wait(f"role {name}", server.timeouts, holders)
+                return failed(f"cannot drop role {name}: {wait}")
     except psycopg.Error as exc:
         return failed(f"cannot drop role {name}: {describe(exc)}")
     return DONE
 
 
-def _dependencies(conn: psycopg.Connection[Any], oid: int) -> tuple[list[str], list[str | None]]:
-    blockers: list[str] = []
-    grant_dbs: list[str | None] = []
-    owned_databases = [
-        r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datdba = %s", (oid,))
-    ]
-    if owned_databases:
-        blockers.append("database " + ", ".join(sorted(owned_databases)))
-    for database, owned, grants in conn.execute(_DEPENDENCIES, (oid,)):
-        if database is None:
-            # dbid 0: shared objects. Ownership of databases is named above; what is left
-            # are grants on databases/tablespaces, revoked by DROP OWNED in any database.
-            if grants:
-                grant_dbs.append(None)
-            continue
-        if owned:
-            blockers.append(
-                f"{owned} object(s) in database {database} (reassign or drop them first:"
-                f" REASSIGN OWNED BY ... TO ... in {database})"
-            )
-        elif grants:
-            grant_dbs.append(database)
-    return blockers, grant_dbs
-
-
 def _revoke_grants(
     server: Server, admin: psycopg.Connection[Any], database: str | None, role: str
 ) -> None:
-    # DROP OWNED only revokes here: _dependencies proved the role owns nothing in `database`.
+    # dbid 0 (database None) holds grants on shared objects (databases, tablespaces):
+    # DROP OWNED in any database revokes them.
     statement = sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role))
     if database is None or database == admin.info.dbname:
         admin.execute(statement)
         return
-    with psycopg.connect(make_conninfo(server.conninfo, dbname=database), autocommit=True) as conn:
+    elsewhere = make_conninfo(server.conninfo, dbname=database)
+    with postgres.connect(elsewhere, server.timeouts) as conn:
         conn.execute(statement)
 
 
-def server_problems(connect: Connect) -> Iterator[str]:
-    """What `janitor check` reports about the Airflow database server account."""
-    with connect() as conn:
-        row = conn.execute(
-            "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
-    if row is None:
-        yield "the Airflow database account cannot read its own pg_roles entry"
+def account_problems(account: Account) -> Iterator[str]:
+    """What `janitor check` reports about the account's role attributes; what it may do
+    with each deployment's database and roles is reported by the plan."""
+    if account.superuser:
         return
-    superuser, createdb, createrole = row
-    if superuser:
-        return
-    if not createdb:
+    if not account.createrole:
         yield (
-            "the Airflow database account lacks CREATEDB: it can drop only databases it owns"
-            " (grant: ALTER ROLE <janitor> CREATEDB, and make it a member of each"
-            " deployment role, or use a superuser)"
+            f"the Airflow database account {account.name} lacks CREATEROLE: it cannot drop "
+            f"deployment roles (ALTER ROLE {_quoted(account.name)} CREATEROLE)"
         )
-    if not createrole:
-        yield "the Airflow database account lacks CREATEROLE: it cannot drop deployment roles"
+    if not account.may_signal:
+        yield (
+            f"the Airflow database account {account.name} is not a member of "
+            "pg_signal_backend: DROP DATABASE ... WITH (FORCE) cannot end sessions of roles "
+            f"it is not a member of (GRANT pg_signal_backend TO {_quoted(account.name)})"
+        )

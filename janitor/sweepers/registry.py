@@ -63,7 +63,7 @@ def sweeper(
         executor = stack.enter_context(ThreadPoolExecutor(concurrency, "registry"))
         return DeploymentPlan(plan_registry(client, deployments, templates, executor))
 
-    def problems() -> list[str]:
+    def problems(_: Sequence[Deployment]) -> list[str]:
         client = connect()
         try:
             return client.check(templates.repository_name(SAMPLE_RELEASE))
