@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from janitor import __version__
-from janitor.config import load_settings
+from janitor.config import load_settings, unknown_variables
 from janitor.errors import ConfigurationError, ExitCode
 from janitor.events import default_format, make_logger, new_run_id
 from janitor.lease import in_cluster_api_client
@@ -63,6 +63,8 @@ def main(
     args = _parser().parse_args(argv)
     out = stdout if stdout is not None else sys.stdout
     env = environ if environ is not None else os.environ
+    for warning in unknown_variables(env):
+        print(f"janitor: warning: {warning}", file=sys.stderr)
     try:
         settings = load_settings(_flags(args), env, args.config)
     except ConfigurationError as exc:

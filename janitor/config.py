@@ -7,11 +7,12 @@ the value, secrets masked.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
 import psycopg.conninfo
@@ -53,33 +54,66 @@ def _whole_number(value: Any) -> Any:
         raise ValueError("must be a whole number")
     if isinstance(value, str):
         stripped = value.strip()
-        if not re.fullmatch(r"[+-]?\d+", stripped):
+        if not re.fullmatch(r"[+-]?[0-9]+", stripped):
             raise ValueError("must be a whole number")
-        return int(stripped)
+        # pydantic reads the digits itself: Python's int() raises on more than 4300 of them.
+        return stripped
     return value
 
 
 def _comma_list(value: Any) -> Any:
+    """A list setting's items, blank ones dropped, from "a,b" or a YAML list."""
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        items = (item.strip() if isinstance(item, str) else item for item in value)
+        return tuple(item for item in items if item != "")
     return value
 
 
-def _empty_is_unset(value: Any) -> Any:
-    # Helm renders an unset value as "", which must mean "not configured", not "empty URL".
-    if isinstance(value, str) and not value.strip():
-        return None
+# N days before the run's now must stay a valid datetime and PostgreSQL timestamp (issue 17:
+# 800000 overflowed mid-run); a century is beyond any retention anyone means.
+MAX_DAYS = 36500
+# Beyond any real plan (0 means no limit), and far inside what a 64-bit counter holds.
+MAX_DELETIONS = 1_000_000_000
+# PostgreSQL cuts a longer name to its first 63 bytes (NAMEDATALEN - 1), which may name
+# another table or column.
+PG_NAME_BYTES = 63
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def _postgres_name(value: str) -> str:
+    if len(value.encode()) > PG_NAME_BYTES:
+        raise ValueError(f"is longer than {PG_NAME_BYTES} bytes, PostgreSQL's limit for a name")
     return value
 
 
-Days = Annotated[int, BeforeValidator(_whole_number), Field(ge=1)]
-Count = Annotated[int, BeforeValidator(_whole_number), Field(ge=0)]
+def _kubernetes_name(value: str | None) -> str | None:
+    # The API server refuses any other name (422), but only once the run is under way.
+    if value is not None and (
+        len(value) > 253 or not re.fullmatch(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*", value)
+    ):
+        raise ValueError(
+            "is not a Kubernetes object name (at most 253 lowercase letters, digits, '-', '.')"
+        )
+    return value
+
+
+def _kubernetes_namespace(value: str | None) -> str | None:
+    if value is not None and (len(value) > 63 or not re.fullmatch(_DNS_LABEL, value)):
+        raise ValueError(
+            "is not a Kubernetes namespace (at most 63 lowercase letters, digits, '-')"
+        )
+    return value
+
+
+Days = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MAX_DAYS)]
+Count = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=MAX_DELETIONS)]
 Workers = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=64)]
-Optional = BeforeValidator(_empty_is_unset)
-OptStr = Annotated[str | None, Optional]
-OptSecret = Annotated[SecretStr | None, Optional]
+# The chart's bound: a lease outliving a crashed run by more than an hour would block the next.
+LeaseSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=15, le=3600)]
 # A CA bundle must exist before anything connects, whichever remote it is for.
-CaBundle = Annotated[FilePath | None, Optional]
+CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
 
 
@@ -129,6 +163,9 @@ def _check_dsn(value: SecretStr | None) -> SecretStr | None:
 def _check_url(value: str | None, *, allow_none_word: bool = False) -> str | None:
     if value is None or (allow_none_word and value == NO_REGISTRY):
         return value
+    # urlsplit quietly drops tabs and newlines that the HTTP client would then refuse.
+    if re.search(r"[\x00-\x20\x7f]", value):
+        raise ValueError("must not contain spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
@@ -144,8 +181,8 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    houston_dsn: OptSecret = None
-    airflow_dsn: OptSecret = None
+    houston_dsn: SecretStr | None = None
+    airflow_dsn: SecretStr | None = None
     houston_schema: str = "houston$default"
     houston_table: str = "Deployment"
     houston_id_column: str = "id"
@@ -155,48 +192,59 @@ class Settings(BaseModel):
     database_template: str = "{release_snake}_airflow"
     role_templates: Names = ("{release_snake}_airflow", "{release_snake}_celery")
 
-    registry_url: OptStr = None
-    registry_username: OptStr = None
-    registry_password: OptSecret = None
-    registry_token: OptSecret = None
+    registry_url: str | None = None
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_token: SecretStr | None = None
     registry_ca_bundle: CaBundle = None
     registry_repository_template: str = "{release}/airflow"
 
-    elasticsearch_url: OptStr = None
-    elasticsearch_username: OptStr = None
-    elasticsearch_password: OptSecret = None
-    elasticsearch_api_key: OptSecret = None
+    elasticsearch_url: str | None = None
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_api_key: SecretStr | None = None
     elasticsearch_ca_bundle: CaBundle = None
     log_retention_days: Days = 15
     log_index_patterns: Names = ("fluentd.*", "vector.*")
     log_age_source: Literal["creation_date", "name"] = "creation_date"
     log_timestring: str = "%Y.%m.%d"
 
-    prometheus_url: OptStr = None
-    prometheus_username: OptStr = None
-    prometheus_password: OptSecret = None
-    prometheus_token: OptSecret = None
+    prometheus_url: str | None = None
+    prometheus_username: str | None = None
+    prometheus_password: SecretStr | None = None
+    prometheus_token: SecretStr | None = None
     prometheus_ca_bundle: CaBundle = None
     prometheus_source: Literal["http", "kubernetes"] = "http"
     prometheus_kind: Literal["prometheus", "statefulset"] = "statefulset"
-    prometheus_namespace: OptStr = None
+    prometheus_namespace: str | None = None
     prometheus_name: str = "astronomer-prometheus"
     metrics_retention_days: Days = 15
 
     lease_name: str = "astro-janitor"
-    lease_namespace: OptStr = None
-    lease_duration_seconds: Annotated[int, BeforeValidator(_whole_number), Field(ge=15)] = 60
-    pod_name: OptStr = None
+    lease_namespace: str | None = None
+    lease_duration_seconds: LeaseSeconds = 60
+    pod_name: str | None = None
     kubernetes_events: bool = False
-    cronjob_name: OptStr = None
+    cronjob_name: str | None = None
 
     dry_run: bool = False
     max_deletions: Count = 0
     concurrency: Workers = 8
-    log_format: Annotated[Literal["json", "console"] | None, Optional] = None
-    only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list), Optional] = None
+    log_format: Literal["json", "console"] | None = None
+    only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list)] = None
 
     _dsns = field_validator("houston_dsn", "airflow_dsn")(_check_dsn)
+    _postgres_names = field_validator(
+        "houston_schema",
+        "houston_table",
+        "houston_id_column",
+        "houston_release_column",
+        "houston_deleted_column",
+    )(_postgres_name)
+    _kubernetes_names = field_validator("lease_name", "prometheus_name", "cronjob_name")(
+        _kubernetes_name
+    )
+    _namespaces = field_validator("lease_namespace", "prometheus_namespace")(_kubernetes_namespace)
 
     @field_validator("registry_url")
     @classmethod
@@ -369,63 +417,212 @@ class Source:
     origin: str
 
 
-def _env_values(environ: Mapping[str, str]) -> dict[str, tuple[Any, Source]]:
-    values: dict[str, tuple[Any, Source]] = {}
-    for name in Settings.model_fields:
-        key = ENV_PREFIX + name.upper()
-        if key in environ:
-            values[name] = (environ[key], Source(key, "environment"))
+Values = dict[str, tuple[Any, Source]]
+ENV_KEYS = {ENV_PREFIX + name.upper(): name for name in Settings.model_fields}
+# The test suite's own variables (tests/conftest.py, tests/es_standin.py), not settings.
+TEST_ENV_PREFIX = "JANITOR_TEST_"
+LIST_FIELDS = frozenset(
+    name
+    for name, info in Settings.model_fields.items()
+    if any(get_origin(t) is tuple for t in (info.annotation, *get_args(info.annotation)))
+)
+# No setting needs a longer number; Python's int() raises on more than 4300 digits.
+_LONGEST_NUMBER = 100
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each JANITOR_* variable that names no setting: a typo would otherwise
+    be ignored without a word (the same typo in the YAML file is an error)."""
+    return [
+        f"{key} is not a setting and is ignored{_did_you_mean(key, variable=True)}"
+        for key in sorted(environ)
+        if key.startswith(ENV_PREFIX)
+        and key not in ENV_KEYS
+        and not key.startswith(TEST_ENV_PREFIX)
+    ]
+
+
+def _did_you_mean(key: str, *, variable: bool) -> str:
+    """The setting a variable or file key was probably meant to name, as that kind spells it."""
+    name = key.lower().removeprefix(ENV_PREFIX.lower())
+    close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+    if not close:
+        return ""
+    return f" (did you mean {ENV_PREFIX + close[0].upper() if variable else close[0]}?)"
+
+
+def _env_values(environ: Mapping[str, str]) -> Values:
+    return {
+        name: (environ[key], Source(key, "environment"))
+        for key, name in ENV_KEYS.items()
+        if key in environ
+    }
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, mark: yaml.Mark) -> None:
+        super().__init__(key)
+        self.key = key
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently),
+    leaves an absurdly long number as text, for the setting's own check to refuse, and
+    reports a value that does not read as its explicit tag (``!!int abc``) at its line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, AttributeError) as exc:
+            # PyYAML's scalar constructors raise these, unmarked, for a malformed tagged value.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the value does not read as {node.tag}", node.start_mark
+            ) from exc
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
+        # Anything else (!!set on a list) is refused by SafeLoader's own check.
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_number(self, node: yaml.ScalarNode) -> int | str:
+        text = self.construct_scalar(node)
+        return text if len(text) > _LONGEST_NUMBER else self.construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_number)
+
+
+def _file_values(path: Path) -> Values:
+    data = _read_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"--config {path}: must be a mapping of setting: value")
+    values: Values = {}
+    for key, value in data.items():
+        name = str(key).lower().removeprefix(ENV_PREFIX.lower())
+        if name not in Settings.model_fields:
+            hint = _did_you_mean(name, variable=False)
+            raise ConfigurationError(f"--config {path}: unknown setting {key!r}{hint}")
+        if name in values:
+            raise ConfigurationError(
+                f"--config {path}: {values[name][1].key!r} and {key!r} are the same setting"
+            )
+        values[name] = (value, Source(str(key), f"config file {path}"))
     return values
 
 
-def _file_values(path: Path) -> dict[str, tuple[Any, Source]]:
+def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(
             f"--config {path}: cannot read the file ({exc.strerror})"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"--config {path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"--config {path}: not valid YAML ({exc})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"--config {path}: must be a mapping of setting: value")
-    values: dict[str, tuple[Any, Source]] = {}
-    for key, value in data.items():
-        name = str(key).lower().removeprefix(ENV_PREFIX.lower())
-        if name not in Settings.model_fields:
-            raise ConfigurationError(f"--config {path}: unknown setting {key!r}")
-        values[name] = (value, Source(str(key), f"config file {path}"))
-    return values
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigurationError(
+            f"--config {path}: line {exc.mark.line + 1}: {exc.key!r} is given twice"
+        ) from None
+    except (yaml.MarkedYAMLError, yaml.reader.ReaderError) as exc:
+        raise ConfigurationError(f"--config {path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigurationError(f"--config {path}: not valid YAML: nested too deeply") from None
+
+
+# PyYAML quotes text of the file in some problems (an undefined alias or tag: a password
+# starting with * or !). Kept: single characters and PyYAML's own token names.
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+_HARMLESS = re.compile(r".?|\\[a-z0-9]+|<[a-z ]+>")
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError | yaml.reader.ReaderError) -> str:
+    """Where and what, in one line, never the line itself: it may hold a password."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character #x{exc.character:04x} at position {exc.position}: {exc.reason}"
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = " ".join((exc.problem or exc.context or "syntax error").split())
+    return where + _QUOTED.sub(
+        lambda m: m[0] if _HARMLESS.fullmatch(m[1] or m[2] or "") else "'...'", problem
+    )
+
+
+def _given(name: str, value: Any) -> bool:
+    """False for a value that counts as not set (README "Configuration"): null, blank, or a
+    list with no item. Helm renders an empty or null value as ""."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return False
+    return not (name in LIST_FIELDS and _comma_list(value) == ())
+
+
+def _check_text(values: Values) -> None:
+    """No setting holds a NUL byte or bytes that are not UTF-8 (the environment passes them
+    on as surrogates): PostgreSQL, HTTP and Kubernetes would each refuse them mid-run."""
+    for name, (value, source) in values.items():
+        for text in value if isinstance(value, list) else [value]:
+            problem = _unreadable(text) if isinstance(text, str) else None
+            if problem:
+                shown = _shown(name, value)
+                raise ConfigurationError(f"{source.key}={shown} ({source.origin}): {problem}")
+
+
+def _unreadable(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL byte"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "is not UTF-8 text"
+    return None
 
 
 def _shown(name: str, value: Any) -> str:
     if name in SECRET_FIELDS:
         return repr(redact.display_dsn(str(value))) if name.endswith("_dsn") else redact.MASK
-    return repr(redact.mask_text(value) if isinstance(value, str) else value)
+    if not isinstance(value, str):
+        return repr(value)
+    text = redact.mask_text(value)
+    # One line an operator can read, also for a value of thousands of characters.
+    return repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} characters)"
 
 
 def load_settings(
     flags: Mapping[str, Any], environ: Mapping[str, str], config_file: Path | None = None
 ) -> Settings:
     """Merge the sources by precedence and validate; raises ConfigurationError."""
-    merged: dict[str, tuple[Any, Source]] = {}
-    if config_file is not None:
-        merged.update(_file_values(config_file))
-    merged.update(_env_values(environ))
-    for name, value in flags.items():
-        if value is not None:
-            merged[name] = (value, Source("--" + name.replace("_", "-"), "command line"))
+    sources = [
+        _file_values(config_file) if config_file is not None else {},
+        _env_values(environ),
+        {
+            name: (value, Source("--" + name.replace("_", "-"), "command line"))
+            for name, value in flags.items()
+        },
+    ]
+    merged: Values = {}
+    for values in sources:
+        # An empty value is not set: the source below it, else the default, applies.
+        merged.update({name: entry for name, entry in values.items() if _given(name, entry[0])})
+    _check_text(merged)
     try:
         return Settings.model_validate({name: value for name, (value, _) in merged.items()})
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc, merged)) from None
 
 
-def _describe(exc: ValidationError, merged: Mapping[str, tuple[Any, Source]]) -> str:
+def _describe(exc: ValidationError, merged: Values) -> str:
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else ""
     message = _plain_message(error)
@@ -437,17 +634,24 @@ def _describe(exc: ValidationError, merged: Mapping[str, tuple[Any, Source]]) ->
     return message
 
 
+_PLAIN = {
+    "int_parsing_size": "is out of range",
+    "path_not_file": "no such file",
+    "path_type": "no such file",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+}
+
+
 def _plain_message(error: Any) -> str:
     """pydantic's wording, said the way an operator reads a setting."""
     kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _PLAIN:
+        return _PLAIN[kind]
     if kind == "greater_than_equal":
         return f"must be a whole number >= {ctx['ge']}"
     if kind == "less_than_equal":
         return f"must be at most {ctx['le']}"
     if kind == "literal_error":
         return f"{error['input']!r} is not one of {ctx['expected']}"
-    if kind in ("path_not_file", "path_type"):
-        return "no such file"
-    if kind in ("bool_parsing", "bool_type"):
-        return "must be true or false"
     return " ".join(str(error["msg"]).removeprefix("Value error, ").split())

@@ -48,7 +48,8 @@ Not covered: documents, mappings, searches, date math in names, remote clusters,
 failure store, ILM, cluster settings, and hidden aliases.
 
 For the benchmark and fault tests the stand-in counts requests, can add a latency to each,
-and can answer a given number of requests with an injected status (e.g. 429).
+can answer a given number of requests with an injected status (e.g. 429), and can show a
+mangled ``index.creation_date``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class Index:
     name: str
     created_ms: int
     hidden: bool = False
+    # What the settings answer shows instead of created_ms (see mangle_creation_date).
+    shown_creation_date: str | None = None
     closed: bool = False
     uuid: str = field(default_factory=lambda: uuid.uuid4().hex[:22])
     shards: str = "1"
@@ -225,6 +228,12 @@ class ElasticsearchStandin:
     def add_index(self, name: str, created: datetime, *, hidden: bool = False) -> None:
         with self.lock:
             self.indices[name] = Index(name, int(created.timestamp() * 1000), hidden=hidden)
+
+    def mangle_creation_date(self, name: str, shown: str) -> None:
+        """Answer ``shown`` as the index's ``index.creation_date``, as a rewriting proxy or a
+        fork might (Elasticsearch itself only ever sends epoch milliseconds)."""
+        with self.lock:
+            self.indices[name].shown_creation_date = shown
 
     def clear(self) -> None:
         """Forget every index, alias, template and data stream."""
@@ -721,7 +730,7 @@ class ElasticsearchStandin:
 
     def _settings(self, index: Index) -> dict[str, str]:
         flat = {
-            "index.creation_date": str(index.created_ms),
+            "index.creation_date": index.shown_creation_date or str(index.created_ms),
             "index.number_of_shards": index.shards,
             "index.number_of_replicas": index.replicas,
             "index.uuid": index.uuid,

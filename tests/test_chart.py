@@ -16,6 +16,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from janitor.config import Settings, load_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "chart"
 DOCS = ROOT / "docs" / "kubernetes.md"
@@ -656,6 +658,10 @@ def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
         ({"elasticsearch": {"retentionDays": 0}}, r"/elasticsearch/retentionDays"),
         ({"prometheus": {"retentionDays": 1.5}}, r"/prometheus/retentionDays"),
         ({"maxDeletions": -1}, r"/maxDeletions"),
+        ({"maxDeletions": 1_000_000_001}, r"/maxDeletions.*maximum"),
+        ({"houston": {"retentionDays": 36501}}, r"/houston/retentionDays.*maximum"),
+        ({"elasticsearch": {"retentionDays": 800000}}, r"/elasticsearch/retentionDays"),
+        ({"prometheus": {"retentionDays": 10**20}}, r"/prometheus/retentionDays"),
         ({"concurrency": 0}, r"/concurrency"),
         ({"dryRun": "yes"}, r"/dryRun"),
         ({"logFormat": "xml"}, r"/logFormat"),
@@ -706,6 +712,36 @@ def test_notes_tell_how_to_start_a_manual_run_and_read_its_events(chart: helm.Ch
     assert f"kubectl -n {NAMESPACE} describe cronjob {RELEASE}" in notes
     assert f"get events --field-selector involvedObject.name={RELEASE}" in notes
     assert f"kubectl -n {NAMESPACE} get lease {RELEASE}" in notes
+
+
+def test_empty_and_null_values_reach_the_janitor_as_its_defaults(chart: helm.Chart) -> None:
+    """roleTemplates: [] renders JANITOR_ROLE_TEMPLATES="" and a null renders an empty
+    variable: the janitor reads both as its defaults, so the roles still go with their
+    database (issue 17: no role was ever dropped again) and names keep their date format."""
+    values = {
+        "airflowDatabase": {"roleTemplates": []},
+        "elasticsearch": {"timestring": None, "indexPatterns": None, "ageSource": "name"},
+        "houston": {"schema": None, "table": None, "deletedColumn": None},
+        "prometheus": {"name": None},
+    }
+    env = container_env(manifests(chart, values))
+    # Kubernetes sets a variable whose value is null to "".
+    plain = {name: value or "" for name, value in env.items() if not isinstance(value, dict)}
+    assert plain["JANITOR_ROLE_TEMPLATES"] == ""
+    assert plain["JANITOR_LOG_TIMESTRING"] == ""
+
+    settings = load_settings({}, plain)
+
+    defaults = Settings()
+    assert settings.role_templates == defaults.role_templates
+    assert settings.log_timestring == defaults.log_timestring
+    assert settings.log_index_patterns == defaults.log_index_patterns
+    assert (settings.houston_schema, settings.houston_table, settings.houston_deleted_column) == (
+        defaults.houston_schema,
+        defaults.houston_table,
+        defaults.houston_deleted_column,
+    )
+    assert settings.prometheus_name == defaults.prometheus_name
 
 
 def test_long_release_names_still_make_valid_job_names(chart: helm.Chart) -> None:

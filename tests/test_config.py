@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from janitor.cli import main
-from janitor.config import load_settings
-from tests.conftest import Houston, janitor
+from janitor.config import LIST_FIELDS, Settings, load_settings
+from janitor.errors import ConfigurationError
+from tests.conftest import Houston, existing_roles, janitor
 
 SECRET = "p4ss-w0rd"
 
@@ -55,6 +57,30 @@ SECRET = "p4ss-w0rd"
         ),
         ({"JANITOR_REGISTRY_CA_BUNDLE": "/nonexistent/ca.pem"}, "no such file"),
         ({"JANITOR_ELASTICSEARCH_CA_BUNDLE": "/nonexistent/ca.pem"}, "no such file"),
+        # Issue 17: windows that overflowed datetime or PostgreSQL mid-run, now bounded.
+        ({"JANITOR_LOG_RETENTION_DAYS": "800000"}, "JANITOR_LOG_RETENTION_DAYS='800000'"),
+        ({"JANITOR_METRICS_RETENTION_DAYS": "9" * 20}, "must be at most 36500"),
+        ({"JANITOR_RETENTION_DAYS": "3000000"}, "(environment): must be at most 36500"),
+        ({"JANITOR_RETENTION_DAYS": "36501"}, "must be at most 36500"),
+        ({"JANITOR_MAX_DELETIONS": "1000000001"}, "must be at most 1000000000"),
+        ({"JANITOR_LEASE_DURATION_SECONDS": "3601"}, "must be at most 3600"),
+        ({"JANITOR_CONCURRENCY": "9" * 5000}, "(5000 characters) (environment): is out of range"),
+        ({"JANITOR_RETENTION_DAYS": "-" + "9" * 5000}, "is out of range"),
+        ({"JANITOR_RETENTION_DAYS": "\u0661\u0665"}, "must be a whole number"),  # Arabic 15
+        # Issue 17: timestrings that read every index as 1900-01-01.
+        ({"JANITOR_LOG_TIMESTRING": "%d"}, "JANITOR_LOG_TIMESTRING='%d' (environment): must"),
+        ({"JANITOR_LOG_TIMESTRING": "%H"}, "must name a calendar day"),
+        ({"JANITOR_LOG_TIMESTRING": "%Y.%m"}, "must name a calendar day"),
+        # Non-empty names are still checked before anything connects.
+        ({"JANITOR_HOUSTON_TABLE": "D" * 64}, "longer than 63 bytes"),
+        ({"JANITOR_HOUSTON_SCHEMA": "é" * 32}, "JANITOR_HOUSTON_SCHEMA"),
+        ({"JANITOR_HOUSTON_DELETED_COLUMN": "d" * 64}, "JANITOR_HOUSTON_DELETED_COLUMN"),
+        ({"JANITOR_HOUSTON_TABLE": "Deploy\udcffment"}, "is not UTF-8 text"),
+        ({"JANITOR_LEASE_NAME": "Astro Janitor"}, "is not a Kubernetes object name"),
+        ({"JANITOR_PROMETHEUS_NAME": "prometheus_main"}, "JANITOR_PROMETHEUS_NAME"),
+        ({"JANITOR_LEASE_NAMESPACE": "astronomer.io"}, "is not a Kubernetes namespace"),
+        ({"JANITOR_PROMETHEUS_NAMESPACE": "Monitoring"}, "is not a Kubernetes namespace"),
+        ({"JANITOR_ELASTICSEARCH_URL": "http://es:9200/\t"}, "control characters"),
     ],
 )
 def test_invalid_settings_exit_2_with_one_line_naming_setting_and_value(
@@ -112,7 +138,10 @@ def test_config_file_accepts_env_style_keys_and_rejects_unknown_ones(tmp_path: P
     assert load_settings({}, {}, config).retention_days == 30
 
     config.write_text("retention_dayz: 30\n")
-    with pytest.raises(Exception, match="unknown setting 'retention_dayz'"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"unknown setting 'retention_dayz' \(did you mean retention_days\?\)",
+    ):
         load_settings({}, {}, config)
 
 
@@ -120,26 +149,178 @@ def test_config_file_accepts_env_style_keys_and_rejects_unknown_ones(tmp_path: P
     ("content", "expected"),
     [
         (None, "cannot read the file"),
-        ("a: [", "not valid YAML"),
+        ("a: [", "not valid YAML: line 1, column 5: expected the node content"),
         ("- 1\n- 2\n", "must be a mapping"),
+        # Issue 17: PyYAML keeps the last of two equal keys without a word.
+        ("retention_days: 5\nconcurrency: 2\nretention_days: 50\n", "line 3: 'retention_days'"),
+        ("retention_days: 5\nJANITOR_RETENTION_DAYS: 50\n", "are the same setting"),
+        # Issue 17: tracebacks (int() digit limit, decoding, recursion) instead of one line.
+        ("retention_days: " + "9" * 5000 + "\n", "retention_days='9999"),
+        ("houston_table: " + "9" * 5000 + "\n", "longer than 63 bytes"),
+        (b"retention_days: \xff15\n", "not UTF-8 text (byte 16)"),
+        ("a: " + "[" * 100_000, "nested too deeply"),
+        ("retention_days: 1\x005\n", "not valid YAML: character #x0000 at position 17"),
+        ("retention_days: !!int fifteen\n", "line 1, column 17: the value does not read as"),
+        ("dry_run: !!bool maybe\n", "line 1, column 10: the value does not read as"),
+        ('houston_table: "Deploy\\0ment"\n', "houston_table='Deploy\\x00ment' (config file"),
     ],
 )
 def test_unreadable_or_malformed_config_file_exits_2(
-    tmp_path: Path, content: str | None, expected: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, content: str | bytes | None, expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--config pointing at a missing or broken file is a configuration error, exit 2."""
+    """--config pointing at a missing or broken file: one stderr line naming file or key, exit 2."""
     config = tmp_path / "janitor.yaml"
-    if content is not None:
+    if isinstance(content, bytes):
+        config.write_bytes(content)
+    elif content is not None:
         config.write_text(content)
 
     code = main(["run", "--config", str(config)], environ={"JANITOR_HOUSTON_DSN": "host=x"})
 
+    err = capsys.readouterr().err
     assert code == 2
-    assert expected in capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"janitor: invalid configuration: --config {config}: ") or (
+        f"(config file {config})" in err
+    )
+    assert expected in err
 
 
-def test_empty_values_mean_unset() -> None:
-    """Helm renders unset values as empty strings: they must not count as configured."""
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"registry_password: {SECRET}: extra",  # mapping values are not allowed here
+        f'houston_dsn: "postgresql://janitor:{SECRET}@db/houston',  # unterminated quote
+        f"registry_password: *{SECRET}",  # an alias that names no anchor
+        f"registry_password: !{SECRET} x",  # a tag that names no type
+        f"registry_password: !{SECRET}! x",  # an undefined tag handle
+        f"registry_password: [{SECRET}",  # unclosed flow sequence
+    ],
+)
+def test_a_yaml_error_never_echoes_the_line_it_found(
+    tmp_path: Path, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config file with a syntax error in a password line: exit 2, one line with file, line
+    and column, and never the password PyYAML would have quoted."""
+    config = tmp_path / "janitor.yaml"
+    config.write_text(f"retention_days: 15\n{line}\nconcurrency: 4\n")
+
+    code = main(["run", "--config", str(config)], environ={"JANITOR_HOUSTON_DSN": "host=x"})
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert re.search(
+        rf"--config {re.escape(str(config))}: not valid YAML: line \d+, column \d+: ", err
+    )
+    assert SECRET not in err
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_variable_means_the_default_for_every_setting(name: str, blank: str) -> None:
+    """Helm renders an empty or null value as "": every JANITOR_* variable set so counts as
+    not set, whatever the setting (issue 17: some failed the run, some were exit 2)."""
+    settings = load_settings({}, {f"JANITOR_{name.upper()}": blank})
+
+    assert getattr(settings, name) == Settings.model_fields[name].default
+
+
+@pytest.mark.parametrize("empty", ["null", "''", "' '", "[]"])
+def test_null_or_empty_yaml_values_mean_the_default_for_every_setting(
+    tmp_path: Path, empty: str
+) -> None:
+    """In the config file, null, a blank string and (for lists) an empty list are not set."""
+    names = LIST_FIELDS if empty == "[]" else Settings.model_fields
+    config = tmp_path / "janitor.yaml"
+    config.write_text("".join(f"{name}: {empty}\n" for name in names))
+
+    settings = load_settings({}, {}, config)
+
+    assert settings == Settings()
+
+
+def test_an_empty_variable_lets_the_config_file_value_through(tmp_path: Path) -> None:
+    """Empty means not set, so precedence goes on: the file's value, then the default."""
+    config = tmp_path / "janitor.yaml"
+    config.write_text("retention_days: 30\nhouston_table: Deployments\n")
+    environ = {"JANITOR_RETENTION_DAYS": "", "JANITOR_HOUSTON_TABLE": " ", "JANITOR_ONLY": ""}
+
+    settings = load_settings({"max_deletions": "", "only": None}, environ, config)
+
+    assert (settings.retention_days, settings.houston_table) == (30, "Deployments")
+    assert (settings.max_deletions, settings.only) == (0, None)
+
+
+@pytest.mark.parametrize("value", [",", " , ,", ", "])
+def test_a_list_of_blank_items_means_the_default(value: str) -> None:
+    """Role templates or index patterns that name nothing are the defaults, never "none"."""
+    environ = {"JANITOR_ROLE_TEMPLATES": value, "JANITOR_LOG_INDEX_PATTERNS": value}
+
+    settings = load_settings({}, environ)
+
+    assert settings.role_templates == ("{release_snake}_airflow", "{release_snake}_celery")
+    assert settings.log_index_patterns == ("fluentd.*", "vector.*")
+
+
+def test_the_upper_bounds_themselves_are_accepted() -> None:
+    """The largest documented values load: 36500 days, 64 workers, a one-hour lease."""
+    environ = {
+        "JANITOR_RETENTION_DAYS": "36500",
+        "JANITOR_LOG_RETENTION_DAYS": "36500",
+        "JANITOR_METRICS_RETENTION_DAYS": "036500",
+        "JANITOR_MAX_DELETIONS": "1000000000",
+        "JANITOR_CONCURRENCY": "64",
+        "JANITOR_LEASE_DURATION_SECONDS": "3600",
+        "JANITOR_HOUSTON_TABLE": "D" * 63,
+    }
+
+    settings = load_settings({}, environ)
+
+    assert settings.metrics_retention_days == 36500
+    assert settings.houston_table == "D" * 63
+
+
+def test_roles_are_dropped_when_helm_renders_role_templates_empty(
+    houston: Houston, env: dict[str, str]
+) -> None:
+    """roleTemplates: [] renders JANITOR_ROLE_TEMPLATES="": the default roles still go with
+    the database before the row is purged (issue 17: the roles were left for ever)."""
+    release = houston.deployment("old", deleted_days_ago=20)
+    snake = release.replace("-", "_")
+    roles = [f"{snake}_airflow", f"{snake}_celery"]
+
+    run = janitor(["run"], env | {"JANITOR_ROLE_TEMPLATES": ""})
+
+    assert run.code == 0
+    assert run.outcomes("role.drop") == dict.fromkeys(roles, "done")
+    assert run.outcomes("deployment.purge") == {release: "done"}
+    assert existing_roles(roles) == set()
+
+
+def test_a_janitor_variable_that_names_no_setting_is_warned_about(
+    houston: Houston, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo like JANITOR_RETENTION_DAY gets one stderr line with a suggestion and the run
+    goes on; the test suite's JANITOR_TEST_* variables are not settings and not warned of."""
+    environ = env | {
+        "JANITOR_RETENTION_DAY": "30",
+        "JANITOR_TEST_PG_HOST": "127.0.0.1",
+        "JANITOR_ZZZ": "1",
+    }
+
+    run = janitor(["plan"], environ)
+
+    assert run.code == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "janitor: warning: JANITOR_RETENTION_DAY is not a setting and is ignored "
+        "(did you mean JANITOR_RETENTION_DAYS?)",
+        "janitor: warning: JANITOR_ZZZ is not a setting and is ignored",
+    ]
+
+
+def test_empty_endpoints_are_not_configured() -> None:
+    """An empty endpoint from Helm leaves its subsystem out of the run."""
     settings = load_settings({}, {"JANITOR_HOUSTON_DSN": "host=x", "JANITOR_REGISTRY_URL": ""})
     assert settings.registry_url is None
     assert settings.subsystems == ("databases",)

@@ -48,13 +48,14 @@ def plan(
     retention_days: int = 15,
     age_source: Any = "creation_date",
     patterns: Sequence[str] | None = None,
+    timestring: str = "%Y.%m.%d",
 ) -> list[Step]:
     return plan_logs(
         cluster.connect(),
         patterns=patterns or cluster.patterns,
         retention_days=retention_days,
         age_source=age_source,
-        timestring="%Y.%m.%d",
+        timestring=timestring,
         now=now,
     )
 
@@ -498,6 +499,110 @@ def test_a_timestring_with_an_unsupported_directive_is_a_configuration_error() -
     """%U (week number) cannot be read back into a date: refused up front."""
     with pytest.raises(ConfigurationError, match="unsupported directive %U"):
         name_date_pattern("%Y.%U")
+
+
+@pytest.mark.parametrize(
+    "timestring",
+    ["", "%d", "%H", "%m.%d", "%Y.%m", "%Y", "%y.%d", "%d.%m.%H", "latest", "%Y.%m.%d.%j"],
+)
+def test_a_timestring_that_names_no_calendar_day_is_a_configuration_error(
+    timestring: str,
+) -> None:
+    """Without a year and a day, strptime reads 1900-01-01 and every index looked 46,353
+    days old (issue 17): refused, naming the setting."""
+    with pytest.raises(
+        ConfigurationError, match=r"JANITOR_LOG_TIMESTRING=.*: must name a calendar day"
+    ):
+        name_date_pattern(timestring)
+
+
+@pytest.mark.parametrize("timestring", ["%Y.%m.%d.%Y", "%Y.%m.%d.%d", "%H.%Y.%m.%d.%H"])
+def test_a_directive_given_twice_is_a_configuration_error(timestring: str) -> None:
+    """strptime cannot read a repeated directive (re.error mid-run): refused up front."""
+    with pytest.raises(ConfigurationError, match="appears twice"):
+        name_date_pattern(timestring)
+
+
+@pytest.mark.parametrize(
+    ("timestring", "suffix"),
+    [
+        ("%Y.%m.%d", "2026.11.01"),
+        ("%Y.%j", "2026.305"),
+        ("%y.%m.%d", "26.11.01"),
+        ("%Y%m%d", "20261101"),
+        ("%d-%m-%Y", "01-11-2026"),
+        ("%Y.%m.%d.%H", "2026.11.01.00"),
+        ("%Y.%m.%d%%", "2026.11.01%"),
+    ],
+)
+def test_every_way_of_naming_a_day_reads_the_same_date(
+    es_cluster: Cluster, timestring: str, suffix: str
+) -> None:
+    """Month and day, or day of the year, with a 4- or 2-digit year: 2026-11-01 is 19 days
+    before NOW whichever timestring names it."""
+    index = es_cluster.create_index(es_cluster.name("fluentd", f"quasar-1234.{suffix}"))
+
+    steps = plan(es_cluster, age_source="name", timestring=timestring)
+
+    assert planned(steps) == {index: ("planned", 19)}
+
+
+def test_the_date_nearest_the_end_of_the_name_wins(es_cluster: Cluster) -> None:
+    """quasar-1234.26.11.01 with %y.%m.%d is 2026-11-01, not "34.26.11" misread from the
+    release name's digits (which left such indices undated for ever)."""
+    index = es_cluster.create_index(es_cluster.name("fluentd", "quasar-1234.26.11.01"))
+
+    steps = plan(es_cluster, age_source="name", timestring="%y.%m.%d")
+
+    assert planned(steps) == {index: ("planned", 19)}
+
+
+def test_a_name_date_before_1970_is_skipped_and_a_future_one_is_young(
+    es_cluster: Cluster,
+) -> None:
+    """A name date no log index can have never makes it look old: before the epoch it is
+    skipped with the date as reason; in the future the index is simply young."""
+    ancient = es_cluster.create_index(es_cluster.name("fluentd", "a.1900.01.01"))
+    sixties = es_cluster.create_index(es_cluster.name("fluentd", "b.1969.12.31"))
+    future = es_cluster.create_index(es_cluster.name("fluentd", "c.2999.01.01"), NOW - 90 * DAY)
+    old = es_cluster.create_index(es_cluster.name("fluentd", "d.2026.10.01"))
+
+    outcomes = run(plan(es_cluster, age_source="name"))
+
+    assert outcomes == {
+        ancient: Result("skipped", reason="date '1900.01.01' in the index name is before 1970"),
+        sixties: Result("skipped", reason="date '1969.12.31' in the index name is before 1970"),
+        old: Result("done"),
+    }
+    assert es_cluster.existing() == {ancient, sixties, future}
+
+
+def test_an_unreadable_creation_date_fails_that_index_alone(es_cluster: Cluster) -> None:
+    """A creation date that is no epoch-milliseconds number (from a rewriting proxy, say)
+    fails its own index with the value named; the other old index still goes (issue 17:
+    one ValueError aborted the whole plan)."""
+    standin_only()
+    assert es_cluster.standin is not None
+    bad = {
+        es_cluster.create_index(es_cluster.name("fluentd", "a"), NOW - 40 * DAY): "2026-10-01",
+        es_cluster.create_index(es_cluster.name("fluentd", "b"), NOW - 40 * DAY): "9" * 20,
+        es_cluster.create_index(es_cluster.name("fluentd", "c"), NOW - 40 * DAY): "9" * 15,
+        es_cluster.create_index(es_cluster.name("fluentd", "d"), NOW - 40 * DAY): "-1",
+    }
+    for name, shown in bad.items():
+        es_cluster.standin.mangle_creation_date(name, shown)
+    good = es_cluster.create_index(es_cluster.name("vector", "e"), NOW - 40 * DAY)
+
+    outcomes = run(plan(es_cluster))
+
+    assert outcomes == {
+        name: Result(
+            "failed",
+            error=f"index [{name}]: index.creation_date {shown!r} is not epoch milliseconds",
+        )
+        for name, shown in bad.items()
+    } | {good: Result("done")}
+    assert es_cluster.existing() == set(bad)
 
 
 def connect(url: str) -> Any:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.conftest import Houston, janitor
-from tests.es_standin import Cluster, es_cluster  # noqa: F401 - pytest fixture
+from tests.es_standin import Cluster, es_cluster, standin_only  # noqa: F401 - pytest fixture
 from tests.prometheus_server import login_page, serving
 
 
@@ -69,6 +71,80 @@ def test_logs_and_databases_in_one_run_share_the_houston_clock(
     assert run.code == 0
     assert run.outcomes("logs.index.delete") == {index: "done"}
     assert run.outcomes("deployment.purge") == {release: "done"}
+
+
+@pytest.mark.parametrize("timestring", ["", " "])
+def test_an_empty_timestring_as_helm_renders_it_reads_names_with_the_default(
+    es_cluster: Cluster,  # noqa: F811 - the imported fixture
+    timestring: str,
+) -> None:
+    """Age from names with JANITOR_LOG_TIMESTRING empty: today's index stays and a 20-day-old
+    one goes with age_days 20 (issue 17: every index went, each 46353 days old)."""
+    now = datetime.now(UTC)
+    today = es_cluster.create_index(es_cluster.name("fluentd", f"a.{now:%Y.%m.%d}"))
+    old = es_cluster.create_index(
+        es_cluster.name("vector", f"b.{now - timedelta(days=20):%Y.%m.%d}")
+    )
+    env = log_env(es_cluster) | {
+        "JANITOR_LOG_AGE_SOURCE": "name",
+        "JANITOR_LOG_TIMESTRING": timestring,
+    }
+
+    run = janitor(["run"], env)
+
+    assert run.code == 0
+    (event,) = run.of("logs.index.delete")
+    assert (event["target"], event["outcome"], event["age_days"]) == (old, "done", 20)
+    assert today in es_cluster.existing()
+
+
+def test_an_unreadable_creation_date_fails_one_index_and_the_run_goes_on(
+    es_cluster: Cluster,  # noqa: F811 - the imported fixture
+    houston: Houston,
+    env: dict[str, str],
+) -> None:
+    """A non-numeric index.creation_date fails that index, naming it and the value; the
+    databases and the other indices are still swept, exit 1 (issue 17: a traceback)."""
+    standin_only()
+    assert es_cluster.standin is not None
+    release = houston.deployment("old", deleted_days_ago=30)
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    bad = es_cluster.create_index(es_cluster.name("fluentd", "bad"), month_ago)
+    es_cluster.standin.mangle_creation_date(bad, "yesterday")
+    good = es_cluster.create_index(es_cluster.name("fluentd", "good"), month_ago)
+
+    run = janitor(["run"], env | log_env(es_cluster))
+
+    assert run.code == 1
+    assert run.outcomes("deployment.purge") == {release: "done"}
+    assert run.outcomes("logs.index.delete") == {bad: "failed", good: "done"}
+    (failure,) = [e for e in run.of("logs.index.delete") if e["outcome"] == "failed"]
+    assert failure["error"] == (
+        f"index [{bad}]: index.creation_date 'yesterday' is not epoch milliseconds"
+    )
+    assert bad in es_cluster.existing()
+
+
+def test_the_largest_windows_run_without_overflow(
+    es_cluster: Cluster,  # noqa: F811 - the imported fixture
+    houston: Houston,
+    env: dict[str, str],
+) -> None:
+    """36500-day windows (the documented bound) plan against PostgreSQL and Elasticsearch
+    without an overflow: nothing is that old, so nothing is planned."""
+    houston.deployment("old", deleted_days_ago=400)
+    es_cluster.create_index(
+        es_cluster.name("fluentd", "x.2000.01.01"), datetime.now(UTC) - timedelta(days=400)
+    )
+    windows = {"JANITOR_RETENTION_DAYS": "36500", "JANITOR_LOG_RETENTION_DAYS": "36500"}
+
+    for source in ("creation_date", "name"):
+        run = janitor(
+            ["plan"], env | log_env(es_cluster) | windows | {"JANITOR_LOG_AGE_SOURCE": source}
+        )
+        assert run.code == 0
+        assert run.of("logs.index.delete") == []
+        assert run.of("deployment.purge") == []
 
 
 def test_a_server_that_is_not_elasticsearch_is_a_configuration_error() -> None:

@@ -60,25 +60,33 @@ _PROBE_QUERY = (
 )
 _PROBE_OVERHEAD = len("GET /") + len(_PROBE_QUERY) + len(_PROTOCOL) + _LINE_END
 
-# strftime directives a name date may use, as the digits they stand for.
+# strftime directives a name date may use, as the digits they stand for ([0-9], not \d,
+# which also matches non-ASCII digits).
 _DIRECTIVES = {
-    "Y": r"\d{4}",
-    "y": r"\d{2}",
-    "m": r"\d{2}",
-    "d": r"\d{2}",
-    "H": r"\d{2}",
-    "M": r"\d{2}",
-    "S": r"\d{2}",
-    "j": r"\d{3}",
+    "Y": "[0-9]{4}",
+    "y": "[0-9]{2}",
+    "m": "[0-9]{2}",
+    "d": "[0-9]{2}",
+    "H": "[0-9]{2}",
+    "M": "[0-9]{2}",
+    "S": "[0-9]{2}",
+    "j": "[0-9]{3}",
     "%": "%",
 }
+# A name date must be a calendar day: strptime fills in 1900-01-01 for what the timestring
+# leaves out, which made every index look 46,000 days old.
+_YEARS = frozenset({"Y", "y"})
+_DAYS = (frozenset({"m", "d"}), frozenset({"j"}))
+# No log index predates the Unix epoch (index.creation_date counts from it): a name date
+# before it is a misreading, never a reason to delete.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _DATA_STREAM_BACKING_PREFIX = ".ds-"
 
 
 @dataclass(frozen=True)
 class _Index:
     name: str
-    created_ms: int | None
+    creation_date: str | None
     hidden: bool
 
 
@@ -107,9 +115,12 @@ def validate_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
 def name_date_pattern(timestring: str) -> re.Pattern[str]:
     """The regex finding ``timestring``'s date in an index name, as Curator's ``timestring``.
 
-    Raises ConfigurationError for directives that do not name a calendar date or time.
+    Raises ConfigurationError unless ``timestring`` names one calendar day: a year (``%Y``
+    or ``%y``) and a day (``%m`` and ``%d``, or ``%j``), each directive once; ``%H %M %S``
+    may be added.
     """
     parts: list[str] = []
+    used: list[str] = []
     i = 0
     while i < len(timestring):
         char = timestring[i]
@@ -119,13 +130,28 @@ def name_date_pattern(timestring: str) -> re.Pattern[str]:
             continue
         directive = timestring[i + 1 : i + 2]
         if directive not in _DIRECTIVES:
-            raise ConfigurationError(
-                f"JANITOR_LOG_TIMESTRING={timestring!r}: unsupported directive %{directive} "
-                f"(supported: {' '.join('%' + d for d in _DIRECTIVES)})"
+            raise _timestring_error(
+                timestring,
+                f"unsupported directive %{directive} "
+                f"(supported: {' '.join('%' + d for d in _DIRECTIVES)})",
             )
+        if directive in used and directive != "%":
+            # strptime would raise re.error ("redefinition of group name") mid-run.
+            raise _timestring_error(timestring, f"%{directive} appears twice")
+        used.append(directive)
         parts.append(_DIRECTIVES[directive])
         i += 2
+    directives = frozenset(used)
+    if len(directives & _YEARS) != 1 or directives & {"m", "d", "j"} not in _DAYS:
+        raise _timestring_error(
+            timestring,
+            "must name a calendar day: a year (%Y or %y) and a day (%m and %d, or %j)",
+        )
     return re.compile("".join(parts))
+
+
+def _timestring_error(timestring: str, problem: str) -> ConfigurationError:
+    return ConfigurationError(f"JANITOR_LOG_TIMESTRING={timestring!r}: {problem}")
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -154,7 +180,8 @@ def plan_logs(
     stream whose name does; anything reached otherwise (through an alias, say) is left
     alone and unreported. Of those past the window, hidden and dot-named indices that back
     no matched stream, and every stream's write index, are ``skipped``; so is any index
-    whose name holds no date when ages come from names.
+    whose name holds no date (or one before 1970) when ages come from names. An index whose
+    creation date cannot be read is ``failed`` on its own; the others go on.
     """
     if now.utcoffset() != timedelta(0):
         raise ValueError("now must be timezone-aware UTC (SPEC.md: one now per run)")
@@ -182,8 +209,9 @@ def plan_logs(
             else _created_from_settings(index)
         )
         protected = _protection(index, membership)
-        if isinstance(created, str):
-            steps.append(final(Action(EVENT, index.name, skipped(protected or created))))
+        if isinstance(created, Result):
+            unread = skipped(protected) if protected else created
+            steps.append(final(Action(EVENT, index.name, unread)))
             continue
         if created > cutoff:
             continue
@@ -210,24 +238,38 @@ def _protection(index: _Index, membership: _Membership | None) -> str | None:
     return None
 
 
-def _created_from_settings(index: _Index) -> datetime | str:
-    if index.created_ms is None:
-        return "index settings show no index.creation_date"
-    return datetime.fromtimestamp(index.created_ms / 1000, UTC)
+def _created_from_settings(index: _Index) -> datetime | Result:
+    raw = index.creation_date
+    if raw is None:
+        return skipped("index settings show no index.creation_date")
+    # Elasticsearch sends epoch milliseconds as a string of digits; a reading that is not
+    # one (a proxy's rewrite, a fork) fails this index alone. 15 digits reach year 9999.
+    if re.fullmatch("[0-9]{1,15}", raw):
+        try:
+            return datetime.fromtimestamp(int(raw) / 1000, UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+    return failed(f"index [{index.name}]: index.creation_date {raw!r} is not epoch milliseconds")
 
 
-def _created_from_name(name: str, pattern: re.Pattern[str], timestring: str) -> datetime | str:
+def _created_from_name(name: str, pattern: re.Pattern[str], timestring: str) -> datetime | Result:
     """The start of the period the name's date stands for (Curator's reading), in UTC.
 
-    The last match wins: the date is the name's suffix, and a release name may hold digits.
+    The rightmost date wins: the date is the name's suffix, and digits of a release name
+    just before it must not be taken as its start (``quasar-1234.26.11.01`` with ``%y``).
     """
-    found = list(pattern.finditer(name))
-    for match in reversed(found):
+    for start in range(len(name), -1, -1):
+        match = pattern.match(name, start)
+        if match is None:
+            continue
         try:
-            return datetime.strptime(match.group(0), timestring).replace(tzinfo=UTC)
+            created = datetime.strptime(match.group(0), timestring).replace(tzinfo=UTC)
         except ValueError:
             continue
-    return f"no date matching {timestring!r} in the index name"
+        if created < _EARLIEST:
+            return skipped(f"date {match.group(0)!r} in the index name is before 1970")
+        return created
+    return skipped(f"no date matching {timestring!r} in the index name")
 
 
 def _list_indices(es: Elasticsearch, patterns: Sequence[str]) -> list[_Index]:
@@ -248,7 +290,7 @@ def _list_indices(es: Elasticsearch, patterns: Sequence[str]) -> list[_Index]:
         found.append(
             _Index(
                 name=name,
-                created_ms=int(created) if created is not None else None,
+                creation_date=str(created) if created is not None else None,
                 hidden=str(settings.get("hidden", "false")).lower() == "true",
             )
         )
