@@ -19,6 +19,7 @@ from janitor.config import Settings
 from janitor.errors import ConfigurationError
 from janitor.houston import Table
 from janitor.plan import DeploymentSweeper, Sweeper
+from janitor.postgres import Timeouts
 from janitor.redact import display_url
 from janitor.sweepers import databases, logs, metrics, registry
 
@@ -46,6 +47,11 @@ def houston_table(settings: Settings) -> Table:
     )
 
 
+def pg_timeouts(settings: Settings) -> Timeouts:
+    """How long any PostgreSQL statement waits for a lock (README "Time limits")."""
+    return Timeouts(lock_s=settings.lock_timeout_seconds)
+
+
 def sweepers(
     settings: Settings,
     stack: ExitStack,
@@ -69,6 +75,7 @@ def sweepers(
                 protected=protected or databases.Protected(),
                 concurrency=settings.concurrency,
                 stack=stack,
+                timeouts=pg_timeouts(settings),
             )
         )
     if "registry" in chosen:

@@ -112,6 +112,10 @@ Count = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=MAX_DELETI
 Workers = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=64)]
 # The chart's bound: a lease outliving a crashed run by more than an hour would block the next.
 LeaseSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=15, le=3600)]
+# A lock wait longer than an hour is a hang by another name (README "Time limits").
+LockSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=3600)]
+# 0 is no deadline; a week bounds it where a Job's activeDeadlineSeconds would anyway.
+DeadlineSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=7 * 86400)]
 # A CA bundle must exist before anything connects, whichever remote it is for.
 CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
@@ -230,6 +234,8 @@ class Settings(BaseModel):
     dry_run: bool = False
     max_deletions: Count = 0
     concurrency: Workers = 8
+    lock_timeout_seconds: LockSeconds = 30
+    deadline_seconds: DeadlineSeconds = 0
     log_format: Literal["json", "console"] | None = None
     only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list)] = None
 

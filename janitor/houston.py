@@ -22,8 +22,6 @@ from janitor.plan import ABSENT, DONE, Deployment, Result, failed
 # A fixed key for pg_try_advisory_lock: "astro-janitor run lock" (any constant will do, as
 # long as every janitor on the same Houston database agrees on it).
 RUN_LOCK_KEY = 0x4A414E49544F52  # "JANITOR" in ASCII
-# A restore in Houston holds the row while it commits; wait for it, but not forever.
-ROW_LOCK_TIMEOUT = "30s"
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ def locked_if_expired(
         expired=table.expired_condition(), **table.columns()
     )
     with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(ROW_LOCK_TIMEOUT)))
+        # The session's lock_timeout bounds the wait for a restore in Houston to commit.
         row = conn.execute(
             query, {"id": deployment.id, "now": now, "days": retention_days}
         ).fetchone()
@@ -186,12 +184,34 @@ def table_problems(conn: psycopg.Connection[Any], table: Table) -> Iterator[str]
     for column in (table.id_column, table.release_column, table.deleted_column):
         if column not in columns:
             yield f"column {column!r} not found in {table.table}"
-    for privilege in ("SELECT", "UPDATE", "DELETE"):
-        row = conn.execute(
-            "SELECT has_table_privilege(current_user, %s, %s)", (qualified, privilege)
-        ).fetchone()
-        if not (row and row[0]):
-            yield f"missing {privilege} on {table.schema}.{table.table}"
+    missing = missing_privileges(conn, table)
+    if missing:
+        yield privilege_fix(conn, table, missing)
+
+
+# SELECT to read, UPDATE for the row lock (FOR UPDATE), DELETE for the purge.
+ROW_PRIVILEGES = ("SELECT", "UPDATE", "DELETE")
+_PRIVILEGES = (
+    "SELECT has_table_privilege(current_user, %(t)s, 'SELECT'),"
+    " has_table_privilege(current_user, %(t)s, 'UPDATE'),"
+    " has_table_privilege(current_user, %(t)s, 'DELETE')"
+)
+
+
+def missing_privileges(conn: psycopg.Connection[Any], table: Table) -> list[str]:
+    """The privileges on ``table`` the janitor needs and lacks, in one query."""
+    row = conn.execute(_PRIVILEGES, {"t": table.ident().as_string(conn)}).fetchone() or ()
+    return [p for p, granted in zip(ROW_PRIVILEGES, row, strict=True) if not granted]
+
+
+def privilege_fix(conn: psycopg.Connection[Any], table: Table, missing: list[str]) -> str:
+    """The sentence naming ``missing`` privileges and the GRANT that gives them."""
+    qualified = table.ident().as_string(conn)
+    user = sql.Identifier(str(conn.info.user)).as_string(conn)
+    return (
+        f"the janitor's role lacks {', '.join(missing)} on {table.schema}.{table.table}"
+        f" (fix: GRANT {', '.join(missing)} ON {qualified} TO {user})"
+    )
 
 
 def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -> Result:

@@ -105,6 +105,9 @@ class DeploymentWork:
     steps: tuple[Step, ...] = ()
     remaining: tuple[Probe, ...] = ()
     blocked: str | None = None
+    denied: str | None = None
+    """Why the janitor may not lock or delete the row (a missing privilege, with the grant
+    that fixes it): the purge is ``failed`` and nothing of the deployment is attempted."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class Plan:
         """What the guard counts: planned deletions, plus the rows that would be purged."""
         count = sum(1 for a in self.actions() if a.deletes)
         if self.purge_blocked is None:
-            count += sum(1 for w in self.deployments if w.blocked is None)
+            count += sum(1 for w in self.deployments if w.blocked is None and w.denied is None)
         return count
 
 

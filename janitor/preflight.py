@@ -67,7 +67,7 @@ def houston_problems(settings: Settings, conninfo: str, expired: list[Deployment
     run will skip and keep until an operator looks at them; ``expired`` receives the
     deployments a run would sweep."""
     table = assemble.houston_table(settings)
-    with postgres.connect(conninfo) as conn:
+    with postgres.connect(conninfo, assemble.pg_timeouts(settings)) as conn:
         problems = list(houston.table_problems(conn, table))
         yield from problems
         if problems:

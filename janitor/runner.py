@@ -42,7 +42,7 @@ from janitor.plan import (
     skipped,
     unexpected,
 )
-from janitor.stopping import Stop
+from janitor.stopping import DEADLINE_REACHED, TERMINATED, Stop
 from janitor.sweepers.databases import Protected
 
 if TYPE_CHECKING:
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 
 GONE = frozenset({"done", "absent"})
 NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"
-ROW_LOCKED = "deployment row is locked by another transaction"
 
 
 def utc_now() -> datetime:
@@ -99,6 +98,7 @@ def run(
     requested (SIGTERM), no new work starts and the run ends with exit 1.
     """
     stop = stop if stop is not None else Stop()
+    stop.set_deadline(settings.deadline_seconds)
     started = time.monotonic()
     recorder = Recorder(log)
     log.info(
@@ -119,8 +119,8 @@ def run(
         # KubernetesError (the Lease) included: its message names the API and the status.
         ending.code, error = ExitCode.FAILED, _run_error(exc)
     stopped = stop.reason()
-    if stopped is not None and ending.code in (ExitCode.OK, ExitCode.RETENTION_MISMATCH):
-        ending.code = ExitCode.FAILED  # work was left undone on purpose: not a success
+    if stopped == TERMINATED and ending.code in (ExitCode.OK, ExitCode.RETENTION_MISMATCH):
+        ending.code = ExitCode.FAILED  # killed from outside before its work was done
     finished: dict[str, Any] = {
         "counts": recorder.counts(),
         "exit_code": int(ending.code),
@@ -128,8 +128,12 @@ def run(
     }
     if error is not None:
         finished["error"] = error
-    if stopped is not None:
+    if stopped == TERMINATED:
         finished["reason"] = stopped
+    elif stopped == DEADLINE_REACHED:
+        # README "Time limits": skipped work keeps its rows for the next run; the exit code
+        # is what the work done earned.
+        finished["deadline_reached"] = True
     finished |= ending.notes
     event_error = _post_summary_event(settings, kube, finished, ending.code)
     if event_error is not None:
@@ -179,7 +183,8 @@ def _run(
     dry_run = settings.dry_run
     with ExitStack() as stack:
         conninfo = settings.houston_conninfo()
-        main = stack.enter_context(postgres.connect(conninfo)) if conninfo else None
+        timeouts = assemble.pg_timeouts(settings)
+        main = stack.enter_context(postgres.connect(conninfo, timeouts)) if conninfo else None
         # README "Time": one now per run, from the database server when there is one.
         now = houston.server_now(main) if main is not None else clock()
         if not dry_run and not _take_locks(
@@ -191,7 +196,7 @@ def _run(
         sweepers = assemble.sweepers(
             settings, stack, now=now, protected=_protected(main), kube=kube
         )
-        plan = build_plan(settings, sweepers, main, table, now)
+        plan = build_plan(settings, sweepers, main, table=table, now=now, stop=stop)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
             _refuse(plan, recorder, refusal)
@@ -199,7 +204,7 @@ def _run(
             return
         pool = None
         if plan.deployments and not dry_run and conninfo is not None:
-            houston_pool = postgres.open_pool(conninfo, settings.concurrency, "houston")
+            houston_pool = postgres.open_pool(conninfo, settings.concurrency, "houston", timeouts)
             pool = stack.enter_context(houston_pool)
         context = Context(settings, table, now, dry_run, recorder, pool, workers, stop)
         execute(plan, context)
@@ -263,11 +268,15 @@ def build_plan(
     settings: Settings,
     sweepers: assemble.Sweepers,
     main: psycopg.Connection[Any] | None,
+    *,
     table: houston.Table,
     now: datetime,
+    stop: Stop,
 ) -> Plan:
     """Asks every sweeper for its plan. A sweeper that cannot even read its world reports
-    one failed event and, for a deployment sweeper, blocks every purge; the others run."""
+    one failed event and, for a deployment sweeper, blocks every purge; the others run.
+    Once ``stop`` is requested, no further sweeper starts reading (one skipped event each;
+    the deployments are skipped when executed)."""
     works: list[DeploymentWork] = []
     steps: list[Step] = []
     blocked = list(settings.unswept_reasons())
@@ -282,14 +291,27 @@ def build_plan(
         works = [DeploymentWork(d) for d in fleet.expired]
         works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
         expired = [w.deployment for w in works if w.blocked is None]
+        missing = houston.missing_privileges(main, table)
+        denied = houston.privilege_fix(main, table, missing) if missing else None
         for sweeper in sweepers.deployment:
-            part = _deployment_plan(sweeper, expired)
+            stopped = stop.reason()
+            part = (
+                _deployment_plan(sweeper, expired)
+                if stopped is None
+                else DeploymentPlan({}, unswept=stopped)
+            )
             works = _attach(works, part)
             steps += part.failures
             if part.unswept is not None:
                 blocked.append(part.unswept)
+        if denied is not None:
+            works = [_deny(w, denied) for w in works]
     for standalone in sweepers.standalone:
-        steps += _standalone_plan(standalone)
+        stopped = stop.reason()
+        if stopped is None:
+            steps += _standalone_plan(standalone)
+        else:
+            steps.append(final(Action(standalone.event, standalone.subsystem, skipped(stopped))))
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
 
@@ -334,6 +356,20 @@ def _attach(works: list[DeploymentWork], part: DeploymentPlan) -> list[Deploymen
             )
         )
     return attached
+
+
+def _deny(work: DeploymentWork, denied: str) -> DeploymentWork:
+    """Plan = execution: without the row lock nothing of a deployment may be destroyed,
+    so what would have been deleted is skipped in the plan and the purge fails."""
+    if work.blocked is not None:
+        return work
+    reason = "the deployment row may not be locked and purged (see deployment.purge)"
+    steps = tuple(
+        final(replace(a, planned=skipped(reason)) if a.deletes else a)
+        for step in work.steps
+        for a in step.actions
+    )
+    return replace(work, steps=steps, remaining=(), denied=denied)
 
 
 def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
@@ -387,6 +423,11 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
     if work.blocked is not None:
         context.recorder.action(purge, skipped(work.blocked))
         return
+    if work.denied is not None:
+        for step in work.steps:
+            _settle(step, context)
+        context.recorder.action(purge, failed(work.denied))
+        return
     stopped = context.stop.reason()
     if stopped is not None:
         _skip_all(work, purge, stopped, context)
@@ -419,13 +460,22 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
                 )
                 context.recorder.action(purge, result)
         except psycopg.errors.LockNotAvailable:
-            _skip_all(work, purge, ROW_LOCKED, context)
+            holders = postgres.table_holders(conn, context.table.ident().as_string(conn))
+            waited = f"the row of deployment {purge.target} in {context.table.table}"
+            timeouts = assemble.pg_timeouts(context.settings)
+            error = postgres.lock_wait(waited, timeouts, holders)
+            _skip_steps(work, "the deployment row lock was not obtained", context)
+            context.recorder.action(purge, failed(error))
 
 
-def _skip_all(work: DeploymentWork, purge: Action, reason: str, context: Context) -> None:
+def _skip_steps(work: DeploymentWork, reason: str, context: Context) -> None:
     for step in work.steps:
         for action in step.actions:
             context.recorder.action(action, skipped(reason) if action.deletes else action.planned)
+
+
+def _skip_all(work: DeploymentWork, purge: Action, reason: str, context: Context) -> None:
+    _skip_steps(work, reason, context)
     context.recorder.action(purge, skipped(reason))
 
 

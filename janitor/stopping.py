@@ -1,28 +1,44 @@
-"""When a run stops starting new work: on SIGTERM / SIGINT (SPEC.md "What one run does").
+"""When a run stops starting new work: on SIGTERM / SIGINT, or at JANITOR_DEADLINE_SECONDS
+(README "Time limits").
 
 Kubernetes sends SIGTERM when it deletes the Job, drains the node or reaches the Job's
 ``activeDeadlineSeconds``, then SIGKILL after the pod's grace period (30 s by default). The
-run must not die mid-line: from the signal on it starts nothing new, lets the work in flight
-settle, reports everything not started as ``skipped`` and ends with ``run.finished``.
+run must not die mid-line: from the signal (or the deadline) on it starts nothing new, lets
+the work in flight settle, reports everything not started as ``skipped`` and ends with
+``run.finished``. The chart sets the deadline below ``activeDeadlineSeconds``, so a run
+normally ends by its own deadline, with a summary, before Kubernetes steps in.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 TERMINATED = "terminated"
+DEADLINE_REACHED = "deadline reached"
 
 
 class Stop:
-    """A flag the executor reads before starting each unit of work; thread-safe."""
+    """A flag the executor reads before starting each unit of work; thread-safe.
 
-    def __init__(self) -> None:
+    ``clock`` is monotonic seconds (injected for tests).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._reason: str | None = None
+        self._deadline: float | None = None
+        self._clock = clock
         self._lock = threading.Lock()
+
+    def set_deadline(self, seconds: float) -> None:
+        """No new work starts once ``seconds`` from now have passed (0 or less: none)."""
+        if seconds > 0:
+            with self._lock:
+                self._deadline = self._clock() + seconds
 
     def request(self, reason: str) -> None:
         """From now on no new work starts; the first reason given is kept."""
@@ -33,6 +49,9 @@ class Stop:
     def reason(self) -> str | None:
         """Why new work must not start, or None while it may."""
         with self._lock:
+            deadline = self._deadline
+            if self._reason is None and deadline is not None and self._clock() >= deadline:
+                self._reason = DEADLINE_REACHED
             return self._reason
 
     @contextmanager
