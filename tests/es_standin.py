@@ -95,11 +95,19 @@ INVALID_NAME_CHARS = set('\\/*?"<>| ,#:')
 class EsError(Exception):
     """An error answer, shaped as Elasticsearch shapes them."""
 
-    def __init__(self, status: int, kind: str, reason: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        reason: str,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.kind = kind
         self.reason = reason
+        self.headers = dict(headers or {})
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -166,6 +174,7 @@ class Fault:
     method: str
     status: int
     remaining: int
+    retry_after: str | None = None
 
 
 @dataclass
@@ -247,10 +256,13 @@ class ElasticsearchStandin:
         with self.lock:
             return set(self.indices)
 
-    def fail_next(self, method: str, status: int, times: int = 1) -> None:
-        """Answer the next ``times`` requests with ``method`` by ``status`` (429, 503, ...)."""
+    def fail_next(
+        self, method: str, status: int, times: int = 1, retry_after: str | None = None
+    ) -> None:
+        """Answer the next ``times`` requests with ``method`` by ``status`` (429, 503, ...),
+        with a ``Retry-After`` header when given."""
         with self.lock:
-            self.faults.append(Fault(method, status, times))
+            self.faults.append(Fault(method, status, times, retry_after))
 
     # -- request handling --
 
@@ -265,7 +277,7 @@ class ElasticsearchStandin:
             for i, fault in enumerate(self.faults):
                 if fault.method == method:
                     left = fault.remaining - 1
-                    self.faults[i] = Fault(fault.method, fault.status, left)
+                    self.faults[i] = Fault(fault.method, fault.status, left, fault.retry_after)
                     if left <= 0:
                         del self.faults[i]
                     reason = "rejected by the stand-in's fault injection"
@@ -274,7 +286,8 @@ class ElasticsearchStandin:
                         if fault.status == 429
                         else "unavailable_shards_exception"
                     )
-                    return fault.status, EsError(fault.status, kind, reason).body()
+                    retry_after = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                    raise EsError(fault.status, kind, reason, headers=retry_after)
         self._check_media_types(headers, bool(body))
         principal = self._authenticate(path, headers)
         payload = json.loads(body) if body else None
@@ -916,7 +929,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             status, answer = standin.handle(self.command, self.path, headers, body)
         except EsError as error:
-            status, answer = error.status, error.body()
+            status, answer, extra = error.status, error.body(), error.headers
             if error.status == 401:
                 extra = {"WWW-Authenticate": 'Basic realm="security" charset="UTF-8"'}
         except (ValueError, TypeError) as problem:

@@ -1,4 +1,5 @@
-"""Loopback plumbing shared by the test servers: free ports and a throwaway TLS CA."""
+"""Loopback plumbing shared by the test servers: free ports, a throwaway TLS CA, and a guard
+that fails a test whose client would otherwise wait or loop for ever."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import datetime
 import ipaddress
 import socket
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -107,3 +114,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# Far above what any request of these tests takes, far below a Retry-After of an hour.
+HANG_GUARD_S = 60.0
+
+
+def finishes(call: Callable[[], T], within_s: float = HANG_GUARD_S) -> T:
+    """What ``call`` returns (or raises), run in a daemon thread; the test fails instead of
+    hanging when it is still running after ``within_s`` (a client sleeping on Retry-After or
+    following a Link in circles), and the thread left behind does not keep pytest alive."""
+    outcome: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(error)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(within_s)
+    if worker.is_alive():
+        pytest.fail(f"still running after {within_s:g} s: the client waits or loops unbounded")
+    if errors:
+        raise errors[0]
+    return outcome[0]

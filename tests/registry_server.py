@@ -8,7 +8,8 @@
   state (tags, manifests) the tests assert on.
 - ``Proxy``: a loopback HTTP proxy in front of a registry that counts requests, adds
   latency, injects faults (503s, invalid JSON, odd tag listings) and can paginate
-  ``tags/list`` the way distribution 3 does (2.8.2 ignores ``n`` and answers every tag).
+  ``tags/list`` the way distribution 3 does (2.8.2 ignores ``n`` and answers every tag), or
+  the way a broken proxy does that drops ``last=`` and serves the first page again.
 """
 
 from __future__ import annotations
@@ -502,15 +503,24 @@ class Proxy:
     """A loopback HTTP proxy in front of ``upstream`` (plain HTTP).
 
     ``delay_s`` is added to every forwarded request (a registry across a network);
+    ``page_size`` paginates tag listings, from the top every time with ``ignore_last``;
     ``counts`` holds ``"METHOD kind"`` totals and ``paths`` every request line, so tests and
     the benchmark count what actually reached the registry.
     """
 
-    def __init__(self, upstream: str, *, delay_s: float = 0.0, page_size: int | None = None):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        delay_s: float = 0.0,
+        page_size: int | None = None,
+        ignore_last: bool = False,
+    ):
         target = urlsplit(upstream)
         self.upstream = (target.hostname or LOOPBACK, target.port or 80)
         self.delay_s = delay_s
         self.page_size = page_size
+        self.ignore_last = ignore_last
         self.faults: list[Fault] = []
         self.counts: Counter[str] = Counter()
         self.paths: list[tuple[str, str]] = []
@@ -636,7 +646,7 @@ class Proxy:
                     return
                 listing = json.loads(data)
                 tags = sorted(listing.get("tags") or [])
-                last = (query.get("last") or [""])[0]
+                last = "" if proxy.ignore_last else (query.get("last") or [""])[0]
                 limit = min(int((query.get("n") or ["1000"])[0]), proxy.page_size or 1000)
                 after = [t for t in tags if t > last]
                 page = after[:limit]

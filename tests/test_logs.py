@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from elastic_transport import TransportError
 
 from janitor.clients.elasticsearch import (
     check_elasticsearch,
     connect_elasticsearch,
+    describe,
     verify_elasticsearch,
 )
 from janitor.errors import ConfigurationError
@@ -33,7 +35,7 @@ from tests.es_standin import (
     standin_only,
     tls,
 )
-from tests.loopback import Tls
+from tests.loopback import Tls, finishes, free_port
 
 __all__ = ["es_cluster", "tls"]  # fixtures, imported for pytest
 
@@ -364,6 +366,34 @@ def test_a_batch_failing_after_its_retries_is_failed_with_the_server_error() -> 
         assert standin.index_names() == {"fluentd.quasar.2026.10.01"}
 
 
+def test_a_429_asking_for_an_hour_fails_the_batch_at_once() -> None:
+    """Retry-After: 3600 on the DELETE is past the retry budget: one request, no hour-long
+    sleep; the batch is failed with the 429 and the wait asked for, and the index stays."""
+    standin_only()
+    with running_standin() as standin:
+        standin.add_index("fluentd.quasar.2026.10.01", NOW - 30 * DAY)
+        steps = plan_logs(
+            connect(standin.url),
+            patterns=["fluentd.*"],
+            retention_days=15,
+            age_source="creation_date",
+            timestring="%Y.%m.%d",
+            now=NOW,
+        )
+        standin.fail_next("DELETE", 429, times=5, retry_after="3600")
+
+        outcomes = finishes(lambda: run(steps))
+
+        result = outcomes["fluentd.quasar.2026.10.01"]
+        assert result.outcome == "failed"
+        assert result.error == (
+            "HTTP 429 es_rejected_execution_exception: rejected by the stand-in's fault "
+            "injection (Retry-After: 3600)"
+        )
+        assert len(request_lines(standin, "DELETE")) == 1
+        assert standin.index_names() == {"fluentd.quasar.2026.10.01"}
+
+
 def test_elasticsearch_9_is_swept_through_rest_compatibility() -> None:
     """An ES 9 server answers the 8.x client's compatible-with=8 requests; deletes work."""
     standin_only()
@@ -453,6 +483,39 @@ def test_a_ca_bundle_lets_the_janitor_trust_a_private_ca(tls: Tls) -> None:
         assert verify_elasticsearch(trusted, standin.url) == "8.19.0"
         with pytest.raises(ConfigurationError, match="CERTIFICATE_VERIFY_FAILED"):
             verify_elasticsearch(untrusted, standin.url)
+
+
+def test_https_to_a_plain_http_elasticsearch_says_to_use_http() -> None:
+    """JANITOR_ELASTICSEARCH_URL=https://… for a server speaking plain HTTP: a configuration
+    error saying to use http://, not to set a CA bundle."""
+    standin_only()
+    with running_standin() as standin:
+        url = standin.url.replace("http://", "https://")
+
+        with pytest.raises(ConfigurationError) as refused:
+            verify_elasticsearch(connect(url), url)
+
+        assert str(refused.value) == (
+            f"JANITOR_ELASTICSEARCH_URL={url}: the server at {url} speaks plain HTTP, not TLS: "
+            "use http:// in JANITOR_ELASTICSEARCH_URL"
+        )
+
+
+def test_an_unreachable_elasticsearch_is_worded_like_every_remote() -> None:
+    """Nothing listening: the error names the server, the request and the refused
+    connection, in the words the registry and Prometheus errors use."""
+    url = f"http://127.0.0.1:{free_port()}"
+    es = connect_elasticsearch(
+        url, username=None, password=None, api_key=None, ca_bundle=None, retries=0
+    )
+
+    with pytest.raises(TransportError) as unreachable:
+        verify_elasticsearch(es, url)
+
+    assert describe(unreachable.value) == (
+        f"cannot reach {url} (GET /): Failed to establish a new connection: "
+        "[Errno 111] Connection refused"
+    )
 
 
 def test_a_ca_bundle_with_a_plain_http_url_is_a_configuration_error(tmp_path: Path) -> None:

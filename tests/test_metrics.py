@@ -24,8 +24,9 @@ from janitor.sweepers.metrics import (
     read_retention,
     retention_from_flags,
 )
-from tests.loopback import Tls, free_port, make_tls
+from tests.loopback import Tls, finishes, free_port, make_tls
 from tests.prometheus_server import (
+    Answer,
     LoopbackServer,
     bearer_proxy,
     kubernetes_api,
@@ -246,7 +247,7 @@ def test_without_the_ca_bundle_tls_verification_fails(secured_prometheus: Secure
 
     assert action.planned.outcome == "failed"
     error = action.planned.error or ""
-    assert error.startswith(f"TLS verification of {secured_prometheus.url}/api/v1/status/")
+    assert error.startswith(f"TLS verification of {secured_prometheus.url} failed")
     assert "CERTIFICATE_VERIFY_FAILED" in error
     assert "JANITOR_PROMETHEUS_CA_BUNDLE" in error
 
@@ -292,8 +293,50 @@ def test_unreachable_prometheus_fails_naming_the_address() -> None:
 
     assert action.planned.outcome == "failed"
     assert action.planned.error == (
-        f"cannot reach Prometheus at {url}/api/v1/status/runtimeinfo: "
+        f"cannot reach {url} (GET /api/v1/status/runtimeinfo): "
         "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
+
+
+def test_a_429_asking_for_an_hour_fails_the_check_at_once() -> None:
+    """A rate-limiting proxy answering 429 with Retry-After: 3600: one request, no hour-long
+    sleep; the check fails with the status, the answer and the wait asked for."""
+
+    def throttled(_: object) -> Answer:
+        return Answer(429, b"rate limited\n", "text/plain", {"Retry-After": "3600"})
+
+    with serving(throttled) as limiter:
+        action = finishes(lambda: only_action(limiter.url, connect(limiter.url)))
+
+    assert action.planned.outcome == "failed"
+    assert action.planned.error == (
+        f"{limiter.url}/api/v1/status/runtimeinfo answered HTTP 429: rate limited "
+        "(Retry-After: 3600)"
+    )
+    assert len(limiter.requests) == 1
+
+
+def test_https_to_a_plain_http_prometheus_says_to_use_http(plain_prometheus: str) -> None:
+    """JANITOR_PROMETHEUS_URL=https://… for a Prometheus speaking plain HTTP: the check fails
+    saying to use http://, not to set a CA bundle."""
+    url = plain_prometheus.replace("http://", "https://")
+
+    action = only_action(url, connect(url))
+
+    assert action.planned.error == (
+        f"the server at {url} speaks plain HTTP, not TLS: use http:// in JANITOR_PROMETHEUS_URL"
+    )
+
+
+def test_http_to_a_prometheus_on_tls_says_to_use_https(secured_prometheus: Secured) -> None:
+    """JANITOR_PROMETHEUS_URL=http://… for a Prometheus on TLS: the check fails saying to use
+    https://, not that the answer is not Prometheus'."""
+    url = secured_prometheus.url.replace("https://", "http://")
+
+    action = only_action(url, connect(url, username="janitor", password="s3cret-pass"))
+
+    assert action.planned.error == (
+        f"the server at {url} speaks HTTPS: use https:// in JANITOR_PROMETHEUS_URL"
     )
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from janitor.clients.registry import RegistryError, connect_registry, parse_challenge
 from janitor.errors import ConfigurationError
+from tests.loopback import finishes
 from tests.registry_server import (
+    FAST,
     PASSWORD,
     READER,
     Fault,
@@ -87,6 +90,136 @@ def test_refuses_a_page_link_that_leaves_the_repository(
     with pytest.raises(RegistryError, match="leaves the repository"):
         connect(registry, proxy.url).list_tags(name)
     assert not [path for _, path in proxy.paths if other in path]
+
+
+def test_a_proxy_that_ignores_last_fails_the_listing_instead_of_looping(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """A proxy dropping last= serves page one again and again: the listing of that repository
+    fails on the second page, naming it, instead of asking for ever."""
+    name = repo()
+    pusher = registry.pusher()
+    image = pusher.image(name, "t1")
+    for tag in ("t2", "t3"):
+        pusher.put_manifest(name, tag, image)
+    proxy = make_proxy(registry.url, page_size=2, ignore_last=True)
+    client = connect(registry, proxy.url)
+
+    with pytest.raises(RegistryError) as looping:
+        finishes(lambda: client.list_tags(name))
+
+    assert str(looping.value) == (
+        f"the tag listing of {name} goes round in circles: page 2 repeats 't1' from an "
+        "earlier page (does the registry or a proxy in front of it ignore last=?)"
+    )
+    assert proxy.counts["GET tags"] == 2
+
+
+def test_a_page_linking_back_to_a_page_already_read_ends_the_listing(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """An empty page whose Link names a last= already asked for is not asked for again."""
+    name = repo()
+    registry.pusher().image(name, "v1")
+    proxy = make_proxy(registry.url)
+    again = f"/v2/{name}/tags/list?n=50&last=v0"
+    proxy.inject(
+        Fault(
+            "GET",
+            f"/v2/{name}/tags/list",
+            200,
+            json.dumps({"name": name, "tags": []}).encode(),
+            {"Link": f'<{again}>; rel="next"'},
+            times=None,
+        )
+    )
+    client = connect(registry, proxy.url)
+
+    with pytest.raises(RegistryError) as looping:
+        finishes(lambda: client.list_tags(name))
+
+    assert str(looping.value) == (
+        f"the tag listing of {name} goes round in circles: page 2 links back to a page "
+        f"already read ({again})"
+    )
+    assert proxy.counts["GET tags"] == 2
+
+
+def test_a_listing_past_the_page_bound_fails(registry: Registry, make_proxy: MakeProxy) -> None:
+    """A registry that keeps linking new pages is read up to the bound, not further: with a
+    bound of 3 pages, 5 one-tag pages fail the listing after 3 requests."""
+    name = repo()
+    pusher = registry.pusher()
+    image = pusher.image(name, "t1")
+    for tag in ("t2", "t3", "t4", "t5"):
+        pusher.put_manifest(name, tag, image)
+    proxy = make_proxy(registry.url, page_size=1)
+    client = connect(registry, proxy.url, max_pages=3)
+
+    with pytest.raises(RegistryError) as endless:
+        client.list_tags(name)
+
+    assert str(endless.value) == (
+        f"the tag listing of {name} did not end after 3 pages (the most the janitor reads "
+        "for one repository)"
+    )
+    assert proxy.counts["GET tags"] == 3
+
+
+@pytest.mark.parametrize(
+    ("link", "refusal"),
+    [
+        (
+            "{other}/v2/{name}/tags/list?last=v1",
+            "links to another server: expected {proxy}, got {other}; not followed",
+        ),
+        (
+            "{proxy_https}/v2/{name}/tags/list?last=v1",
+            "links to another server: expected {proxy}, got {proxy_https}; not followed",
+        ),
+        (
+            "http://127.0.0.1:99999/v2/{name}/tags/list?last=v1",
+            "links to another server: expected {proxy}, got http://127.0.0.1:99999; not followed",
+        ),
+        (
+            "{proxy_with_user}/v2/{name}/tags/list?last=v1",
+            "links to a URL with user info in it: not followed",
+        ),
+    ],
+    ids=["another port", "another scheme", "a port out of range", "user info"],
+)
+def test_a_page_link_to_another_server_names_both_origins_and_is_not_followed(
+    registry: Registry, make_proxy: MakeProxy, link: str, refusal: str
+) -> None:
+    """A Link to another scheme, host or port is refused naming the origin expected and the
+    one linked (scheme://host:port, never credentials); nothing is sent there."""
+    name = repo()
+    registry.pusher().image(name, "v1")
+    proxy, other = make_proxy(registry.url), make_proxy(registry.url)
+    urls = {
+        "name": name,
+        "proxy": proxy.url,
+        "other": other.url,
+        "proxy_https": proxy.url.replace("http://", "https://"),
+        "proxy_with_user": proxy.url.replace("http://", "http://janitor:hunter2@"),
+    }
+    proxy.inject(
+        Fault(
+            "GET",
+            f"/v2/{name}/tags/list",
+            200,
+            json.dumps({"name": name, "tags": ["v1"]}).encode(),
+            {"Link": f'<{link.format(**urls)}>; rel="next"'},
+        )
+    )
+
+    with pytest.raises(RegistryError) as refused:
+        connect(registry, proxy.url).list_tags(name)
+
+    assert str(refused.value) == f"the tag listing of {name} {refusal.format(**urls)}"
+    assert "hunter2" not in str(refused.value)
+    assert other.paths == []
+    assert proxy.counts["GET tags"] == 1
 
 
 def test_resolves_each_tag_to_the_digest_the_registry_stores(registry: Registry) -> None:
@@ -289,7 +422,7 @@ def test_unreachable_registry(registry: Registry) -> None:
     """Nothing listening on the URL: a RegistryError naming the address."""
     client = connect(registry, f"http://127.0.0.1:{free_port()}")
 
-    with pytest.raises(RegistryError, match=r"cannot reach 127\.0\.0\.1"):
+    with pytest.raises(RegistryError, match=r"cannot reach http://127\.0\.0\.1:\d+ \(GET /v2/\)"):
         client.list_tags("any/airflow")
     assert client.check()
 
@@ -326,6 +459,100 @@ def test_persistent_503_is_an_error_with_the_registry_answer(
 
     with pytest.raises(RegistryError, match=r"503.*upstream overloaded"):
         connect(registry, proxy.url).list_tags(repo())
+
+
+def test_a_429_asking_for_an_hour_fails_at_once(registry: Registry, make_proxy: MakeProxy) -> None:
+    """Retry-After: 3600 is past the retry budget: no retry and no hour-long sleep; the
+    listing fails with the 429, what the registry said, and the wait it asked for."""
+    name = repo()
+    registry.pusher().image(name, "v1")
+    proxy = make_proxy(registry.url)
+    throttled = {"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}
+    proxy.inject(
+        Fault(
+            "GET",
+            "/tags/list",
+            429,
+            json.dumps(throttled).encode(),
+            {"Content-Type": "application/json", "Retry-After": "3600"},
+            times=None,
+        )
+    )
+    client = connect(registry, proxy.url)
+
+    with pytest.raises(RegistryError) as throttling:
+        finishes(lambda: client.list_tags(name))
+
+    assert str(throttling.value) == (
+        f"registry answered 429 listing the tags of {name}: TOOMANYREQUESTS: slow down "
+        "(Retry-After: 3600)"
+    )
+    assert proxy.counts["GET tags"] == 1
+
+
+def test_waits_stop_at_the_retry_budget(registry: Registry, make_proxy: MakeProxy) -> None:
+    """With 1 s per wait and 1.5 s in all, a 503 asking for 1 s is retried once; the second
+    wait would pass the budget, so the second 503 is the answer."""
+    name = repo()
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("GET", "/tags/list", 503, b"busy", {"Retry-After": "1"}, times=None))
+    budget = replace(FAST, retries=4, backoff_max_s=1.0, wait_budget_s=1.5)
+
+    with pytest.raises(RegistryError, match=r"^registry answered 503 .*: busy \(Retry-After: 1\)$"):
+        connect(registry, proxy.url, options=budget).list_tags(name)
+
+    assert proxy.counts["GET tags"] == 2
+
+
+def test_an_unreadable_retry_after_is_retried_with_backoff(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """A 503 with Retry-After: soon is retried as if the header were absent, and the
+    listing succeeds (urllib3 alone gives up on the header it cannot read)."""
+    name = repo()
+    registry.pusher().image(name, "v1")
+    proxy = make_proxy(registry.url)
+    proxy.inject(Fault("GET", "/tags/list", 503, b"busy", {"Retry-After": "soon"}))
+
+    assert connect(registry, proxy.url).list_tags(name) == ["v1"]
+    assert proxy.counts["GET tags"] == 2
+
+
+def test_https_to_a_plain_http_registry_says_to_use_http(registry: Registry) -> None:
+    """JANITOR_REGISTRY_URL=https://… for a registry speaking plain HTTP: the error says to
+    use http://, not to set a CA bundle."""
+    url = registry.url.replace("http://", "https://")
+
+    problems = connect(registry, url).check()
+
+    assert problems == [
+        f"the server at {url} speaks plain HTTP, not TLS: use http:// in JANITOR_REGISTRY_URL"
+    ]
+
+
+def test_http_to_a_registry_on_tls_says_to_use_https(token_registry: Registry) -> None:
+    """JANITOR_REGISTRY_URL=http://… for a registry on TLS: a configuration error saying to
+    use https://, not that the server is no registry."""
+    url = token_registry.url.replace("https://", "http://")
+
+    with pytest.raises(ConfigurationError) as refused:
+        connect(token_registry, url).list_tags(repo())
+
+    assert str(refused.value) == (
+        f"the server at {url} speaks HTTPS: use https:// in JANITOR_REGISTRY_URL"
+    )
+
+
+def test_a_certificate_for_another_name_is_not_blamed_on_the_ca(token_registry: Registry) -> None:
+    """https://localhost:… for a certificate issued to 127.0.0.1: the CA bundle is right and
+    the error asks for the name the certificate holds instead."""
+    url = token_registry.url.replace("127.0.0.1", "localhost")
+
+    problems = connect(token_registry, url).check()
+
+    assert len(problems) == 1
+    assert "certificate is not valid for 'localhost'" in problems[0]
+    assert problems[0].endswith("put a host name its certificate names in JANITOR_REGISTRY_URL")
 
 
 def test_invalid_json_in_a_tag_listing(registry: Registry, make_proxy: MakeProxy) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tests.conftest import Houston, janitor
+from tests.loopback import finishes
 from tests.registry_server import (  # noqa: F401 - pytest fixtures
+    Proxy,
     Registry,
+    make_proxy,
     readonly_registry,
     registry,
 )
@@ -113,3 +118,37 @@ def test_check_command_probes_the_registry(
 
     assert run.code == 0, run.events
     assert run.outcomes("check.component")["registry"] == "ok"
+
+
+def test_a_registry_looping_its_tag_pages_fails_that_repository_and_the_run_goes_on(
+    houston: Houston,
+    env: dict[str, str],
+    registry: Registry,  # noqa: F811 - the imported fixture
+    make_proxy: Callable[..., Proxy],  # noqa: F811 - the imported fixture
+) -> None:
+    """Behind a proxy that ignores last=, the repository with two pages fails after two
+    listing requests and keeps its row; the one-page repository is swept and purged."""
+    looping = houston.deployment("looping", deleted_days_ago=20)
+    swept = houston.deployment("swept", deleted_days_ago=20)
+    pusher = registry.pusher()
+    image = pusher.image(f"{looping}/airflow", "1.0.0")
+    for tag in ("1.0.1", "1.0.2"):
+        pusher.put_manifest(f"{looping}/airflow", tag, image)
+    pusher.image(f"{swept}/airflow", "1.0.0")
+    proxy = make_proxy(registry.url, page_size=2, ignore_last=True)
+    env["JANITOR_REGISTRY_URL"] = proxy.url
+
+    run = finishes(lambda: janitor(["run"], env))
+
+    assert run.code == 1
+    assert run.outcomes("registry.tag.delete") == {
+        f"{looping}/airflow": "failed",
+        f"{swept}/airflow:1.0.0": "done",
+    }
+    (failure,) = [e for e in run.of("registry.tag.delete") if e["outcome"] == "failed"]
+    assert "goes round in circles" in failure["error"]
+    assert run.outcomes("deployment.purge") == {looping: "skipped", swept: "done"}
+    assert set(houston.rows()) == {looping}
+    assert pusher.tags(f"{looping}/airflow") == ["1.0.0", "1.0.1", "1.0.2"]
+    listings = [path for _, path in proxy.paths if f"{looping}/airflow/tags/list" in path]
+    assert len(listings) == 2

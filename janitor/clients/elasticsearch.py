@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from elastic_transport import NodeConfig, RequestsHttpNode, TlsError, TransportError
+from elastic_transport import ConnectionError as NoAnswerError
+from elastic_transport import (
+    ConnectionTimeout,
+    NodeConfig,
+    RequestsHttpNode,
+    TlsError,
+    TransportError,
+)
 from elasticsearch import (
     ApiError,
     AuthenticationException,
@@ -25,7 +32,12 @@ from elasticsearch import (
 )
 from requests.adapters import HTTPAdapter
 
-from janitor.clients.http import HttpOptions, make_session
+from janitor.clients.http import (
+    HttpOptions,
+    describe_transport_error,
+    make_retry,
+    retry_after_note,
+)
 from janitor.errors import ConfigurationError
 
 SUPPORTED_MAJORS = (8, 9)
@@ -45,9 +57,8 @@ def _node_class(options: HttpOptions) -> type[RequestsHttpNode]:
             # The client's default (urllib3) node ignores the environment; with requests,
             # REQUESTS_CA_BUNDLE would replace JANITOR_ELASTICSEARCH_CA_BUNDLE.
             self.session.trust_env = False
-            shared = cast(HTTPAdapter, make_session(options).get_adapter(self.base_url))
             for adapter in self.session.adapters.values():
-                cast(HTTPAdapter, adapter).max_retries = shared.max_retries
+                cast(HTTPAdapter, adapter).max_retries = make_retry(options)
 
     return SharedRetryNode
 
@@ -112,9 +123,9 @@ def verify_elasticsearch(es: Elasticsearch, url: str) -> str:
     Raises ConfigurationError (SPEC.md exit 2, nothing deleted) for a server that is not
     Elasticsearch (no ``X-Elastic-Product`` header: OpenSearch and other forks), one that
     refuses the client's ``compatible-with=8`` headers (7.x, 10.x), a version outside 8.x and
-    9.x, rejected credentials, and a certificate the CA bundle does not vouch for. Connection
-    errors and 5xx propagate as they are: an unreachable server is a failed run, not a bad
-    configuration.
+    9.x, rejected credentials, a certificate the CA bundle does not vouch for, and an https
+    URL for a server speaking plain HTTP. Connection errors and 5xx propagate as they are: an
+    unreachable server is a failed run, not a bad configuration.
     """
     where = f"JANITOR_ELASTICSEARCH_URL={safe_url(url)}"
     try:
@@ -135,10 +146,7 @@ def verify_elasticsearch(es: Elasticsearch, url: str) -> str:
             "grant the cluster privilege 'monitor'"
         ) from None
     except TlsError as error:
-        raise ConfigurationError(
-            f"{where}: TLS verification failed ({error.message}); set "
-            "JANITOR_ELASTICSEARCH_CA_BUNDLE to the CA that signed the server's certificate"
-        ) from None
+        raise ConfigurationError(f"{where}: {describe(error)}") from None
     except BadRequestError as error:
         raise ConfigurationError(
             f"{where}: the server refused an Elasticsearch 8 client's request "
@@ -191,13 +199,17 @@ def check_elasticsearch(es: Elasticsearch, patterns: Sequence[str]) -> list[str]
 
 
 def describe(error: Exception) -> str:
-    """One line for an event's ``error``: status, Elasticsearch's error type and reason."""
+    """One line for an event's ``error``: status, Elasticsearch's error type and reason; for
+    a request with no answer, the wording every remote uses (:mod:`janitor.clients.http`)."""
     if isinstance(error, ApiError):
         body = error.body if isinstance(error.body, Mapping) else {}
         cause = body.get("error")
+        note = retry_after_note(error.meta.headers)
         if isinstance(cause, Mapping):
-            return f"HTTP {error.status_code} {cause.get('type')}: {cause.get('reason')}"
-        return f"HTTP {error.status_code}: {error.message}"
+            return f"HTTP {error.status_code} {cause.get('type')}: {cause.get('reason')}{note}"
+        return f"HTTP {error.status_code}: {error.message}{note}"
+    if isinstance(error, NoAnswerError | ConnectionTimeout):
+        return describe_transport_error(error, "JANITOR_ELASTICSEARCH")
     if isinstance(error, TransportError):
         # str() of a TransportError that exhausted no retries is just its class's summary.
         return f"{type(error).__name__}: {error.message}"

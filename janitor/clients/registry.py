@@ -20,11 +20,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urljoin, urlsplit
 
 import requests
 
-from janitor.clients.http import HttpOptions, make_session
+from janitor.clients.http import (
+    HttpOptions,
+    describe_transport_error,
+    make_session,
+    origin,
+    retry_after_note,
+    tls_port_hint,
+)
 from janitor.errors import ConfigurationError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -57,6 +64,10 @@ DEFAULT_TOKEN_SECONDS = 60.0
 # that dies in flight.
 TOKEN_MARGIN_SECONDS = 10.0
 DEFAULT_PAGE_SIZE = 100
+# The most tags/list pages read for one repository: 1,000,000 tags at the page size the
+# janitor asks for, and still 100,000 from a registry that caps its pages at 10 tags. A
+# listing that has not ended by then is a registry or proxy going round in circles.
+MAX_TAG_PAGES = 10_000
 DEFAULT_OPTIONS = HttpOptions()
 
 
@@ -142,18 +153,6 @@ def _error_codes(response: requests.Response) -> set[str]:
     return {str(e.get("code")) for e in body["errors"] if isinstance(e, dict)}
 
 
-def _cause(exc: requests.RequestException) -> str:
-    """The innermost reason of a transport error, without the URL's query string."""
-    reason: BaseException = exc
-    while True:
-        nested = getattr(reason, "reason", None) or reason.__cause__ or reason.__context__
-        if not isinstance(nested, BaseException) or nested is reason:
-            break
-        reason = nested
-    text = str(reason)
-    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
-
-
 class RegistryClient:
     """One registry: one pooled session, the auth learned from ``/v2/``, a token per scope.
 
@@ -168,6 +167,7 @@ class RegistryClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         page_size: int = DEFAULT_PAGE_SIZE,
+        max_pages: int = MAX_TAG_PAGES,
         max_in_flight: int = DEFAULT_OPTIONS.pool_size,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -175,6 +175,7 @@ class RegistryClient:
         self._credentials = credentials
         self._clock = clock
         self._page_size = page_size
+        self._max_pages = max_pages
         self._ping_lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._pinged = False
@@ -222,27 +223,47 @@ class RegistryClient:
 
     def list_tags(self, repository: str) -> list[str] | None:
         """Every tag of ``repository`` (all pages), or None when the registry does not know
-        the repository (404 NAME_UNKNOWN)."""
+        the repository (404 NAME_UNKNOWN).
+
+        Pages are followed by their ``Link: <…>; rel="next"`` header, within the registry's
+        origin and this repository's tags/list path only. A page linking back to one already
+        read, a page repeating tags of an earlier one (a registry or proxy ignoring
+        ``last=``), or more than ``max_pages`` pages fail this repository's listing.
+        """
         self._check_repository(repository)
         first = f"{self.base_url}/v2/{repository}/tags/list"
         url = f"{first}?{urlencode({'n': self._page_size})}"
+        cursors = {_cursor(url)}
         tags: list[str] = []
-        while True:
+        listed: set[str] = set()
+        for page in range(1, self._max_pages + 1):
             response = self._request("GET", url, repository)
             if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response):
                 return None
             self._expect(response, 200, f"listing the tags of {repository}")
-            tags += self._parse_tags(response, repository)
+            for tag in self._parse_tags(response, repository):
+                if tag in listed:
+                    raise RegistryError(
+                        f"the tag listing of {repository} goes round in circles: page {page} "
+                        f"repeats {tag!r} from an earlier page (does the registry or a proxy "
+                        "in front of it ignore last=?)"
+                    )
+                listed.add(tag)
+                tags.append(tag)
             link = response.links.get("next", {}).get("url")
             if not link:
                 return tags
-            url = urljoin(url, link)
-            # A Link header must not lead the janitor (and its credentials) anywhere else.
-            if urlsplit(url)._replace(query="").geturl() != first:
+            url = _next_page(urljoin(url, link), first, repository)
+            if _cursor(url) in cursors:
                 raise RegistryError(
-                    f"registry answered a tags/list page link for {repository} that leaves "
-                    f"the repository: {urlsplit(url).path}"
+                    f"the tag listing of {repository} goes round in circles: page {page} "
+                    f"links back to a page already read ({_path_and_query(url)})"
                 )
+            cursors.add(_cursor(url))
+        raise RegistryError(
+            f"the tag listing of {repository} did not end after {self._max_pages} pages "
+            "(the most the janitor reads for one repository)"
+        )
 
     def resolve_digest(self, repository: str, tag: str) -> str | None:
         """The digest stored for ``tag`` (the index itself for a multi-arch image), or None
@@ -305,16 +326,8 @@ class RegistryClient:
         try:
             with self._in_flight:
                 return self._session.request(method, url, allow_redirects=False, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            raise RegistryError(
-                f"TLS verification of {urlsplit(url).netloc} failed ({_cause(exc)}); set "
-                "JANITOR_REGISTRY_CA_BUNDLE to the CA that signed its certificate"
-            ) from None
         except requests.RequestException as exc:
-            raise RegistryError(
-                f"cannot reach {urlsplit(url).netloc} ({method} {urlsplit(url).path}): "
-                f"{_cause(exc)}"
-            ) from None
+            raise RegistryError(describe_transport_error(exc, "JANITOR_REGISTRY")) from None
 
     def _request(
         self,
@@ -407,7 +420,7 @@ class RegistryClient:
         if response.status_code != 200:
             raise RegistryError(
                 f"the token service at {where} answered {response.status_code}: "
-                f"{_error_detail(response)}"
+                f"{_error_detail(response)}{retry_after_note(response.headers)}"
             )
         try:
             body = response.json()
@@ -446,11 +459,14 @@ class RegistryClient:
         return f"registry {self.base_url} rejected the credentials of {self._who()}{what} (401)"
 
     def _expect_registry(self, response: requests.Response) -> None:
-        if response.status_code >= 500:
+        if response.status_code >= 500 or response.status_code == 429:
             raise RegistryError(
                 f"registry {self.base_url} answered {response.status_code} on /v2/: "
-                f"{_error_detail(response)}"
+                f"{_error_detail(response)}{retry_after_note(response.headers)}"
             )
+        wrong_scheme = tls_port_hint(response, "JANITOR_REGISTRY")
+        if wrong_scheme is not None:
+            raise ConfigurationError(wrong_scheme)
         if "Docker-Distribution-API-Version" not in response.headers:
             raise ConfigurationError(
                 f"JANITOR_REGISTRY_URL: {self.base_url} is not a Docker registry (/v2/ "
@@ -472,6 +488,7 @@ class RegistryClient:
             )
         raise RegistryError(
             f"registry answered {response.status_code} {doing}: {_error_detail(response)}"
+            f"{retry_after_note(response.headers)}"
         )
 
     def _parse_tags(self, response: requests.Response, repository: str) -> Iterator[str]:
@@ -490,6 +507,34 @@ class RegistryClient:
         return iter(tags)
 
 
+def _next_page(url: str, first: str, repository: str) -> str:
+    """``url`` when it is a next page of ``first``: a Link header must not lead the
+    janitor (and its credentials) to another server or another repository."""
+    refused = f"the tag listing of {repository} links to"
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise RegistryError(f"{refused} a URL with user info in it: not followed")
+    if origin(url) != origin(first):
+        raise RegistryError(
+            f"{refused} another server: expected {origin(first)}, got {origin(url)}; not followed"
+        )
+    if parts.path != urlsplit(first).path:
+        raise RegistryError(f"{refused} {parts.path}, which leaves the repository: not followed")
+    return url
+
+
+def _cursor(url: str) -> str:
+    """What names a page: its ``last`` (distribution resumes after it whatever else the
+    query holds), else the whole URL."""
+    last = parse_qs(urlsplit(url).query).get("last")
+    return f"last={last[-1]}" if last else url
+
+
+def _path_and_query(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
 def connect_registry(
     url: str,
     *,
@@ -500,6 +545,7 @@ def connect_registry(
     options: HttpOptions = DEFAULT_OPTIONS,
     clock: Callable[[], float] = time.monotonic,
     page_size: int = DEFAULT_PAGE_SIZE,
+    max_pages: int = MAX_TAG_PAGES,
 ) -> RegistryClient:
     """A client for the registry at ``url``; no request is sent until first use."""
     if (username is None) != (password is None):
@@ -530,5 +576,6 @@ def connect_registry(
         Credentials(username, password, token),
         clock=clock,
         page_size=page_size,
+        max_pages=max_pages,
         max_in_flight=options.pool_size,
     )

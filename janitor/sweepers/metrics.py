@@ -21,7 +21,13 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from janitor.clients.http import HttpOptions, make_session
+from janitor.clients.http import (
+    HttpOptions,
+    describe_transport_error,
+    make_session,
+    retry_after_note,
+    tls_port_hint,
+)
 from janitor.durations import format_duration, parse_duration
 from janitor.errors import ConfigurationError
 from janitor.plan import Action, Result, Step, Sweeper, final
@@ -30,7 +36,9 @@ EVENT = "metrics.retention.check"
 
 # A check is one cheap GET; a Prometheus that is down should fail the event quickly, not
 # hold the run through the deletion-sized retry budget.
-PROMETHEUS_HTTP = HttpOptions(retries=2, backoff_factor_s=0.2, read_timeout_s=10.0)
+PROMETHEUS_HTTP = HttpOptions(
+    retries=2, backoff_factor_s=0.2, backoff_max_s=5.0, wait_budget_s=10.0, read_timeout_s=10.0
+)
 
 # Prometheus' default when neither a time nor a size limit is set (prometheus/cmd main.go).
 PROMETHEUS_DEFAULT = timedelta(days=15)
@@ -276,14 +284,12 @@ def _api_data(client: requests.Session, url: str, path: str) -> dict[str, Any]:
     where = display_url(url).rstrip("/") + path
     try:
         response = client.get(url.rstrip("/") + path)
-    except requests.exceptions.SSLError as exc:
-        raise RetentionUnreadable(
-            f"TLS verification of {where} failed: {_cause(exc)}; set "
-            "JANITOR_PROMETHEUS_CA_BUNDLE to the CA that signed its certificate"
-        ) from exc
     except requests.RequestException as exc:
-        raise RetentionUnreadable(f"cannot reach Prometheus at {where}: {_cause(exc)}") from exc
+        raise RetentionUnreadable(describe_transport_error(exc, "JANITOR_PROMETHEUS")) from exc
     status = response.status_code
+    wrong_scheme = tls_port_hint(response, "JANITOR_PROMETHEUS")
+    if wrong_scheme is not None:
+        raise RetentionUnreadable(wrong_scheme)
     if status in (401, 403):
         raise RetentionUnreadable(
             f"{where} answered HTTP {status} {response.reason}: the credentials "
@@ -295,8 +301,11 @@ def _api_data(client: requests.Session, url: str, path: str) -> dict[str, Any]:
             f"{where} answered HTTP 404: is JANITOR_PROMETHEUS_URL the Prometheus server, "
             "with its route prefix?"
         )
-    if status >= 500:
-        raise RetentionUnreadable(f"{where} answered HTTP {status}: {response.text[:200]}")
+    if status >= 500 or status == 429:
+        raise RetentionUnreadable(
+            f"{where} answered HTTP {status}: {' '.join(response.text.split())[:200]}"
+            f"{retry_after_note(response.headers)}"
+        )
     try:
         body = response.json()
     except ValueError:
@@ -313,20 +322,6 @@ def _api_data(client: requests.Session, url: str, path: str) -> dict[str, Any]:
             f"{where} answered HTTP {status}: {body.get('error') or 'no status data'}"
         )
     return data
-
-
-def _cause(exc: requests.RequestException) -> str:
-    """The innermost reason of a requests error, without urllib3's connection-object noise."""
-    reason: BaseException = exc
-    while True:
-        inner = getattr(reason, "reason", None)
-        if not isinstance(inner, BaseException) and reason.args:
-            inner = reason.args[0]
-        if not isinstance(inner, BaseException):
-            break
-        reason = inner
-    text = re.sub(r"^HTTPS?Connection(?:Pool)?\([^)]*\): ", "", str(reason))
-    return text or type(reason).__name__
 
 
 def _parse_storage_retention(text: str, where: str) -> Retention:
