@@ -36,10 +36,11 @@ from janitor.naming import (
     Templates,
     check_template,
     identifier_refusal,
+    index_pattern_refusal,
+    name_date_pattern,
     render,
     repository_refusal,
 )
-from janitor.sweepers import logs
 
 T = TypeVar("T")
 Subsystem = Literal["databases", "registry", "logs", "metrics"]
@@ -119,16 +120,6 @@ DeadlineSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=
 # A CA bundle must exist before anything connects, whichever remote it is for.
 CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
-
-
-def _sweeper_rule(rule: Callable[[T], object], value: T) -> T:
-    """Applies a sweeper's own validation at load time, so it fails before anything connects."""
-    try:
-        rule(value)
-    except ConfigurationError as exc:
-        # The sweeper names the setting itself; the loader adds name, value and source.
-        raise ValueError(str(exc).split(": ", 1)[-1]) from None
-    return value
 
 
 def _template_giving(template: str, refusal: Callable[[str], str | None]) -> str:
@@ -281,16 +272,15 @@ class Settings(BaseModel):
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for pattern in value:
-            # "*" alone or a leading "." addresses every index or the system ones: not a
-            # log retention pattern (hidden/system indices stay out of reach, SPEC.md).
-            if pattern.startswith(".") or pattern.strip("*") == "":
-                raise ValueError(f"pattern {pattern!r} would address more than log indices")
-        return _sweeper_rule(logs.validate_patterns, value)
+            problem = index_pattern_refusal(pattern)
+            if problem is not None:
+                raise ValueError(f"pattern {pattern!r} {problem}")
+        return value
 
     @field_validator("log_timestring")
     @classmethod
     def _timestring(cls, value: str) -> str:
-        _sweeper_rule(logs.name_date_pattern, value)
+        name_date_pattern(value)
         return value
 
     @model_validator(mode="after")

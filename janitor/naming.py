@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # SPEC.md "Safety rules": ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$, applied with fullmatch.
@@ -123,3 +124,122 @@ class Templates:
             if problem is not None:
                 return f"{kind} name {name!r} built for release {release!r} {problem}"
         return None
+
+
+# --- log index patterns and names (README "Log indices") -----------------------------------
+
+# Elasticsearch's own rules for index names (indices.create docs, "Path parameters").
+INDEX_NAME_FORBIDDEN = frozenset('\\/*?"<>| ,#:')
+MAX_INDEX_NAME_BYTES = 255
+DATA_STREAM_BACKING_PREFIX = ".ds-"
+
+
+def index_pattern_refusal(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be a log index pattern, or None.
+
+    Only ``*`` is a wildcard. Refused: nothing but wildcards (every index), a leading
+    ``.`` (the system and hidden indices stay out of reach), ``-``/``_``/``+`` prefixes
+    (exclusions and ``_all`` change what a listing means), a list separator or space (it
+    would be sent as two patterns), a cross-cluster ``remote:`` prefix.
+    """
+    if not pattern or pattern.strip("*") == "":
+        return "would address every index"
+    if pattern.startswith("."):
+        return "would address the system or hidden indices"
+    if pattern.startswith(("-", "_", "+")) or re.search(r"[\s,]", pattern):
+        return "is not an index name or pattern"
+    if ":" in pattern:
+        return "names a remote cluster (cross-cluster patterns are not swept)"
+    return None
+
+
+def index_name_refusal(name: str) -> str | None:
+    """Why ``name``, as an Elasticsearch answer gives it, must not go into a DELETE."""
+    if name in ("", ".", "..") or name.startswith(("-", "_", "+")):
+        return "is not a valid index name"
+    if INDEX_NAME_FORBIDDEN & set(name) or any(ord(c) < 32 for c in name):
+        return "holds a character no index name may hold (a wildcard or list separator)"
+    if len(name.encode()) > MAX_INDEX_NAME_BYTES:
+        return f"is longer than {MAX_INDEX_NAME_BYTES} bytes"
+    return None
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """Elasticsearch's wildcard match (``*`` only), in full; never against a ``.ds-`` name:
+    a backing index is reached only through its data stream's name (README "Safety rules")."""
+    if name.startswith(DATA_STREAM_BACKING_PREFIX):
+        return False
+    return any(_wildcard(pattern).fullmatch(name) for pattern in patterns)
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+# strftime directives a name date may use, as the digits they stand for ([0-9], not \d,
+# which also matches non-ASCII digits).
+DATE_DIRECTIVES = {
+    "Y": "[0-9]{4}",
+    "y": "[0-9]{2}",
+    "m": "[0-9]{2}",
+    "d": "[0-9]{2}",
+    "H": "[0-9]{2}",
+    "M": "[0-9]{2}",
+    "S": "[0-9]{2}",
+    "j": "[0-9]{3}",
+    "%": "%",
+}
+# A name date must be a calendar day: strptime fills in 1900-01-01 for what the timestring
+# leaves out, which made every index look 46,000 days old.
+_YEARS = frozenset({"Y", "y"})
+_DAYS = (frozenset({"m", "d"}), frozenset({"j"}))
+
+
+def name_date_pattern(timestring: str) -> re.Pattern[str]:
+    """The regex finding ``timestring``'s date in an index name, as Curator's ``timestring``.
+
+    Raises ValueError unless ``timestring`` names one calendar day: a year (``%Y`` or
+    ``%y``) and a day (``%m`` and ``%d``, or ``%j``), each directive once; ``%H %M %S``
+    may be added.
+    """
+    parts: list[str] = []
+    used: list[str] = []
+    i = 0
+    while i < len(timestring):
+        char = timestring[i]
+        if char != "%":
+            parts.append(re.escape(char))
+            i += 1
+            continue
+        directive = timestring[i + 1 : i + 2]
+        if directive not in DATE_DIRECTIVES:
+            supported = " ".join("%" + d for d in DATE_DIRECTIVES)
+            raise ValueError(f"unsupported directive %{directive} (supported: {supported})")
+        if directive in used and directive != "%":
+            # strptime would raise re.error ("redefinition of group name") mid-run.
+            raise ValueError(f"%{directive} appears twice")
+        used.append(directive)
+        parts.append(DATE_DIRECTIVES[directive])
+        i += 2
+    directives = frozenset(used)
+    if len(directives & _YEARS) != 1 or directives & {"m", "d", "j"} not in _DAYS:
+        raise ValueError("must name a calendar day: a year (%Y or %y) and a day (%m and %d, or %j)")
+    return re.compile("".join(parts))
+
+
+# --- registry tags and digests (distribution spec, docs/registry.md) -----------------------
+
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+")
+
+
+def valid_repository(name: str) -> bool:
+    return repository_refusal(name) is None
+
+
+def valid_tag(tag: str) -> bool:
+    return TAG.fullmatch(tag) is not None
+
+
+def valid_digest(digest: str) -> bool:
+    return DIGEST.fullmatch(digest) is not None

@@ -49,7 +49,7 @@ SECRET = "p4ss-w0rd"
         ({"JANITOR_CONCURRENCY": "0"}, "JANITOR_CONCURRENCY='0'"),
         ({"JANITOR_DRY_RUN": "perhaps"}, "must be true or false"),
         ({"JANITOR_LOG_AGE_SOURCE": "mtime"}, "'mtime' is not one of"),
-        ({"JANITOR_LOG_INDEX_PATTERNS": "*"}, "would address more than log indices"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "*"}, "would address every index"),
         ({"JANITOR_LOG_TIMESTRING": "%Y.%q"}, "unsupported directive %q"),
         (
             {"JANITOR_PROMETHEUS_CA_BUNDLE": "/nonexistent/ca.pem"},

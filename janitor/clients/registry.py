@@ -33,6 +33,7 @@ from janitor.clients.http import (
     tls_port_hint,
 )
 from janitor.errors import ConfigurationError
+from janitor.naming import valid_digest, valid_repository, valid_tag
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -43,13 +44,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 # deleting that digest would leave the tag in place.
 MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX))
 
-# Grammars from distribution's reference package / the OCI distribution spec.
-REPOSITORY = re.compile(
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-)
-MAX_REPOSITORY_LENGTH = 255
-TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Za-z0-9=_-]+")
 # A digest no content can have: deleting it proves delete permission and that deletion is
 # enabled, and changes nothing.
 PROBE_DIGEST = "sha256:" + "0" * 64
@@ -108,18 +102,6 @@ def parse_challenge(header: str) -> Challenge:
         for m in _CHALLENGE_PARAM.finditer(rest)
     }
     return Challenge(scheme.lower(), params)
-
-
-def valid_repository(name: str) -> bool:
-    return len(name) <= MAX_REPOSITORY_LENGTH and REPOSITORY.fullmatch(name) is not None
-
-
-def valid_tag(tag: str) -> bool:
-    return TAG.fullmatch(tag) is not None
-
-
-def valid_digest(digest: str) -> bool:
-    return DIGEST.fullmatch(digest) is not None
 
 
 def _action(method: str) -> str:

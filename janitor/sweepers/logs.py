@@ -14,7 +14,7 @@ is one independent :class:`~janitor.plan.Step`, so the runner may send them conc
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -25,6 +25,7 @@ from elasticsearch import ApiError, BadRequestError, Elasticsearch, NotFoundErro
 
 from janitor.clients.elasticsearch import check_elasticsearch, describe, verify_elasticsearch
 from janitor.errors import ConfigurationError
+from janitor.naming import index_name_refusal, matches, name_date_pattern
 from janitor.plan import (
     ABSENT,
     DONE,
@@ -60,27 +61,9 @@ _PROBE_QUERY = (
 )
 _PROBE_OVERHEAD = len("GET /") + len(_PROBE_QUERY) + len(_PROTOCOL) + _LINE_END
 
-# strftime directives a name date may use, as the digits they stand for ([0-9], not \d,
-# which also matches non-ASCII digits).
-_DIRECTIVES = {
-    "Y": "[0-9]{4}",
-    "y": "[0-9]{2}",
-    "m": "[0-9]{2}",
-    "d": "[0-9]{2}",
-    "H": "[0-9]{2}",
-    "M": "[0-9]{2}",
-    "S": "[0-9]{2}",
-    "j": "[0-9]{3}",
-    "%": "%",
-}
-# A name date must be a calendar day: strptime fills in 1900-01-01 for what the timestring
-# leaves out, which made every index look 46,000 days old.
-_YEARS = frozenset({"Y", "y"})
-_DAYS = (frozenset({"m", "d"}), frozenset({"j"}))
 # No log index predates the Unix epoch (index.creation_date counts from it): a name date
 # before it is a misreading, never a reason to delete.
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_DATA_STREAM_BACKING_PREFIX = ".ds-"
 
 
 @dataclass(frozen=True)
@@ -96,73 +79,6 @@ class _Membership:
 
     stream: str
     write: bool
-
-
-def validate_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
-    """``patterns`` as the sweeper uses them; ConfigurationError for one it cannot honour."""
-    if not patterns:
-        raise ConfigurationError("JANITOR_LOG_INDEX_PATTERNS: name at least one index pattern")
-    for pattern in patterns:
-        # Exclusions ("-x") and "_all" change what a listing means; a list separator or
-        # space inside one pattern would be sent as two.
-        if not pattern or pattern.startswith(("-", "_", "+")) or re.search(r"[\s,]", pattern):
-            raise ConfigurationError(
-                f"JANITOR_LOG_INDEX_PATTERNS: {pattern!r} is not an index name or pattern"
-            )
-    return tuple(patterns)
-
-
-def name_date_pattern(timestring: str) -> re.Pattern[str]:
-    """The regex finding ``timestring``'s date in an index name, as Curator's ``timestring``.
-
-    Raises ConfigurationError unless ``timestring`` names one calendar day: a year (``%Y``
-    or ``%y``) and a day (``%m`` and ``%d``, or ``%j``), each directive once; ``%H %M %S``
-    may be added.
-    """
-    parts: list[str] = []
-    used: list[str] = []
-    i = 0
-    while i < len(timestring):
-        char = timestring[i]
-        if char != "%":
-            parts.append(re.escape(char))
-            i += 1
-            continue
-        directive = timestring[i + 1 : i + 2]
-        if directive not in _DIRECTIVES:
-            raise _timestring_error(
-                timestring,
-                f"unsupported directive %{directive} "
-                f"(supported: {' '.join('%' + d for d in _DIRECTIVES)})",
-            )
-        if directive in used and directive != "%":
-            # strptime would raise re.error ("redefinition of group name") mid-run.
-            raise _timestring_error(timestring, f"%{directive} appears twice")
-        used.append(directive)
-        parts.append(_DIRECTIVES[directive])
-        i += 2
-    directives = frozenset(used)
-    if len(directives & _YEARS) != 1 or directives & {"m", "d", "j"} not in _DAYS:
-        raise _timestring_error(
-            timestring,
-            "must name a calendar day: a year (%Y or %y) and a day (%m and %d, or %j)",
-        )
-    return re.compile("".join(parts))
-
-
-def _timestring_error(timestring: str, problem: str) -> ConfigurationError:
-    return ConfigurationError(f"JANITOR_LOG_TIMESTRING={timestring!r}: {problem}")
-
-
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    """Elasticsearch's wildcard match (``*`` only), never against a ``.ds-`` name (SPEC.md)."""
-    if name.startswith(_DATA_STREAM_BACKING_PREFIX):
-        return False
-    return any(_wildcard(pattern).fullmatch(name) for pattern in patterns)
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
 
 
 def plan_logs(
@@ -185,9 +101,6 @@ def plan_logs(
     """
     if now.utcoffset() != timedelta(0):
         raise ValueError("now must be timezone-aware UTC (SPEC.md: one now per run)")
-    if retention_days < 1:
-        raise ConfigurationError(f"JANITOR_LOG_RETENTION_DAYS={retention_days}: must be >= 1")
-    patterns = validate_patterns(patterns)
     date_in_name = name_date_pattern(timestring) if age_source == "name" else None
 
     indices = _list_indices(es, patterns)
@@ -202,6 +115,12 @@ def plan_logs(
     for index in indices:
         membership = backing.get(index.name)
         if membership is None and not matches(index.name, patterns):
+            continue
+        refusal = index_name_refusal(index.name)
+        if refusal is not None:
+            # An answer that would put a wildcard or a second name into the DELETE line.
+            error = f"Elasticsearch listed {index.name!r}, which {refusal}; not touched"
+            steps.append(final(Action(EVENT, index.name, failed(error))))
             continue
         created = (
             _created_from_name(index.name, date_in_name, timestring)

@@ -16,8 +16,8 @@ from contextlib import ExitStack
 from functools import partial
 from typing import TypeVar
 
-from janitor.clients.registry import RegistryClient, RegistryError, valid_tag
-from janitor.naming import SAMPLE_RELEASE, Templates
+from janitor.clients.registry import RegistryClient, RegistryError
+from janitor.naming import SAMPLE_RELEASE, Templates, valid_tag
 from janitor.plan import (
     ABSENT,
     DONE,
