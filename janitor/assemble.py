@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from janitor.clients.elasticsearch import connect_elasticsearch
 from janitor.clients.http import HttpOptions
+from janitor.clients.prometheus import connect_prometheus
 from janitor.clients.registry import RegistryClient, connect_registry
 from janitor.config import Settings
 from janitor.errors import ConfigurationError
 from janitor.houston import Table
 from janitor.plan import DeploymentSweeper, Sweeper
 from janitor.postgres import Timeouts
-from janitor.redact import display_url
+from janitor.redact import without_credentials
 from janitor.sweepers import databases, logs, metrics, registry
 
 if TYPE_CHECKING:
@@ -114,9 +115,8 @@ def _metrics(settings: Settings, kube: ApiClient | None) -> Sweeper:
             expected,
         )
     url = settings.prometheus_url or ""
-    return metrics.sweeper(
-        lambda: metrics.read_retention(prometheus_client(settings), url), display_url(url), expected
-    )
+    read = lambda: metrics.read_retention(prometheus_client(settings), url)  # noqa: E731
+    return metrics.sweeper(read, without_credentials(url), expected)
 
 
 def registry_client(settings: Settings) -> RegistryClient:
@@ -142,8 +142,7 @@ def elasticsearch_client(settings: Settings) -> Elasticsearch:
 
 
 def prometheus_client(settings: Settings) -> requests.Session:
-    return metrics.connect_prometheus(
-        settings.prometheus_url or "",
+    return connect_prometheus(
         username=settings.prometheus_username,
         password=settings.reveal("prometheus_password"),
         token=settings.reveal("prometheus_token"),

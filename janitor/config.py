@@ -122,6 +122,31 @@ CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
 
 
+def _credential_problem(
+    prefix: str,
+    url: str | None,
+    *,
+    username: str | None,
+    password: SecretStr | None,
+    token: SecretStr | None,
+) -> str | None:
+    """Why a remote's credentials cannot work together (basic auth, a bearer token, or user
+    info in the URL: one of them), or None."""
+    in_url = url is not None and urlsplit(url).username is not None
+    if token is not None and username is not None:
+        return f"{prefix}_TOKEN and {prefix}_USERNAME/_PASSWORD are exclusive: choose one"
+    if username is not None and password is None:
+        return f"{prefix}_USERNAME and {prefix}_PASSWORD go together: {prefix}_PASSWORD is unset"
+    if password is not None and username is None:
+        return f"{prefix}_PASSWORD is set without {prefix}_USERNAME"
+    if in_url and (username is not None or token is not None):
+        return (
+            f"{prefix}_URL carries credentials and {prefix}_USERNAME or _TOKEN is set too: "
+            "configure them once"
+        )
+    return None
+
+
 def _template_giving(template: str, refusal: Callable[[str], str | None]) -> str:
     """A template that gives a valid name for an ordinary release name; one that cannot
     is a configuration error, while a release name too odd for a valid template only
@@ -282,6 +307,38 @@ class Settings(BaseModel):
     def _timestring(cls, value: str) -> str:
         name_date_pattern(value)
         return value
+
+    @model_validator(mode="after")
+    def _credentials_are_consistent(self) -> Settings:
+        """Every rule about how credentials combine, checked before anything connects."""
+        problem = _credential_problem(
+            "JANITOR_REGISTRY",
+            self.registry_url,
+            username=self.registry_username,
+            password=self.registry_password,
+            token=self.registry_token,
+        ) or _credential_problem(
+            "JANITOR_PROMETHEUS",
+            self.prometheus_url,
+            username=self.prometheus_username,
+            password=self.prometheus_password,
+            token=self.prometheus_token,
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        es_url = self.elasticsearch_url or ""
+        if self.elasticsearch_ca_bundle is not None and not es_url.startswith("https://"):
+            raise ValueError(
+                "JANITOR_ELASTICSEARCH_CA_BUNDLE needs an https:// JANITOR_ELASTICSEARCH_URL"
+            )
+        if self.elasticsearch_api_key is not None and (
+            self.elasticsearch_username or urlsplit(es_url).username
+        ):
+            raise ValueError(
+                "JANITOR_ELASTICSEARCH_API_KEY and a username (JANITOR_ELASTICSEARCH_USERNAME "
+                "or one in the URL) are exclusive: choose one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kubernetes_source_has_a_namespace(self) -> Settings:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg.conninfo
 
@@ -50,8 +50,17 @@ def mask_text(text: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """``url`` as it may be shown: its password (user info after ``:``) masked."""
+    """``url`` as it may be shown in a configuration summary: the password masked, the
+    user name kept (which account is configured is worth seeing)."""
     return mask_text(url)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without user info, query or fragment: what a client sends requests to and
+    what event targets and errors name."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def display_dsn(conninfo: str) -> str:

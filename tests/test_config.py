@@ -338,6 +338,7 @@ def test_run_started_summarises_config_without_secrets(houston: Houston) -> None
     env = {
         "JANITOR_HOUSTON_DSN": f"postgresql://postgres:{SECRET}@127.0.0.1/{houston.dbname}",
         "JANITOR_REGISTRY_URL": "none",
+        "JANITOR_REGISTRY_USERNAME": "janitor",
         "JANITOR_REGISTRY_PASSWORD": SECRET,
         "JANITOR_ELASTICSEARCH_API_KEY": SECRET + "-key",
     }

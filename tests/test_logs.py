@@ -23,6 +23,7 @@ from janitor.clients.elasticsearch import (
     describe,
     verify_elasticsearch,
 )
+from janitor.config import load_settings
 from janitor.errors import ConfigurationError
 from janitor.naming import name_date_pattern
 from janitor.plan import Result, Step
@@ -520,15 +521,15 @@ def test_an_unreachable_elasticsearch_is_worded_like_every_remote() -> None:
 
 
 def test_a_ca_bundle_with_a_plain_http_url_is_a_configuration_error(tmp_path: Path) -> None:
-    """A CA bundle only makes sense for https: said at configuration time."""
-    with pytest.raises(ConfigurationError, match="needs an https URL"):
-        connect_elasticsearch(
-            "http://127.0.0.1:9200",
-            username=None,
-            password=None,
-            api_key=None,
-            ca_bundle=tmp_path / "ca.pem",
-        )
+    """A CA bundle only makes sense for https: said when settings load."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not used")
+    environ = {
+        "JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9200",
+        "JANITOR_ELASTICSEARCH_CA_BUNDLE": str(bundle),
+    }
+    with pytest.raises(ConfigurationError, match="needs an https://"):
+        load_settings({}, environ)
 
 
 def test_check_names_the_missing_privileges() -> None:

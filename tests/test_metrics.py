@@ -11,18 +11,19 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from janitor.clients.prometheus import connect_prometheus
+from janitor.config import load_settings
 from janitor.errors import ConfigurationError
-from janitor.plan import Action, Outcome, Result
+from janitor.plan import Action, Outcome, Result, Sweeper
+from janitor.redact import without_credentials
 from janitor.sweepers.metrics import (
     EVENT,
     Kind,
-    check_kubernetes_metrics,
-    check_metrics,
-    connect_prometheus,
-    kubernetes_prometheus_problems,
-    prometheus_problems,
+    kubernetes_retention,
+    kubernetes_target,
     read_retention,
     retention_from_flags,
+    sweeper,
 )
 from tests.loopback import Tls, finishes, free_port, make_tls
 from tests.prometheus_server import (
@@ -152,12 +153,17 @@ def connect(
     ca_bundle: Path | None = None,
 ) -> Any:
     return connect_prometheus(
-        url, username=username, password=password, token=token, ca_bundle=ca_bundle
+        username=username, password=password, token=token, ca_bundle=ca_bundle
     )
 
 
+def http_sweeper(url: str, client: Any, expected_days: int = 15) -> Sweeper:
+    """The metrics sweeper as a run builds it for the HTTP source."""
+    return sweeper(lambda: read_retention(client, url), without_credentials(url), expected_days)
+
+
 def only_action(url: str, client: Any, expected_days: int = 15) -> Action:
-    steps = check_metrics(client, url=url, expected_days=expected_days)
+    steps = http_sweeper(url, client, expected_days).plan()
     assert len(steps) == 1
     assert steps[0].run is None
     (action,) = steps[0].actions
@@ -192,7 +198,7 @@ def test_flags_imply_what_runtimeinfo_reports(prometheus: Server) -> None:
 
 def test_preflight_finds_nothing_wrong_even_on_mismatch(prometheus: Server) -> None:
     """`janitor check` passes whenever the retention is readable; a mismatch is a run finding."""
-    assert prometheus_problems(connect(prometheus.url), prometheus.url) == []
+    assert http_sweeper(prometheus.url, connect(prometheus.url)).problems() == []
 
 
 def test_a_window_of_ten_days_matches_a_server_keeping_ten(secured_prometheus: Secured) -> None:
@@ -233,7 +239,7 @@ def test_missing_credentials_fail_with_401(secured_prometheus: Secured) -> None:
     """Without credentials the server answers 401, and so does `janitor check`."""
     client = connect(secured_prometheus.url, ca_bundle=secured_prometheus.tls.ca)
 
-    problems = prometheus_problems(client, secured_prometheus.url)
+    problems = http_sweeper(secured_prometheus.url, client).problems()
 
     assert len(problems) == 1
     assert "answered HTTP 401 Unauthorized" in problems[0]
@@ -377,33 +383,43 @@ def test_an_agent_keeps_no_metrics(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("environ", "message"),
     [
         (
-            {"token": "t", "username": "u"},
+            {"JANITOR_PROMETHEUS_TOKEN": "t", "JANITOR_PROMETHEUS_USERNAME": "u"},
             "JANITOR_PROMETHEUS_TOKEN and JANITOR_PROMETHEUS_USERNAME",
         ),
-        ({"password": "p"}, "JANITOR_PROMETHEUS_PASSWORD is set without a username"),
+        ({"JANITOR_PROMETHEUS_PASSWORD": "p"}, "JANITOR_PROMETHEUS_PASSWORD is set without"),
     ],
 )
 def test_contradictory_auth_settings_are_configuration_errors(
-    settings: dict[str, Any], message: str
+    environ: dict[str, str], message: str
 ) -> None:
-    """Settings that cannot work are refused before any request (exit 2)."""
+    """Settings that cannot work are refused when settings load, before any request."""
     with pytest.raises(ConfigurationError, match=message):
-        connect("http://127.0.0.1:9090", **settings)
+        load_settings({}, {"JANITOR_PROMETHEUS_URL": "http://127.0.0.1:9090", **environ})
 
 
 def test_a_url_that_is_not_http_is_a_configuration_error_without_secrets() -> None:
     """A non-HTTP URL is refused, and its password is not echoed back."""
     with pytest.raises(ConfigurationError) as refused:
-        connect("ftp://janitor:hunter2@prometheus:9090")
+        load_settings({}, {"JANITOR_PROMETHEUS_URL": "ftp://janitor:hunter2@prometheus:9090"})
 
     assert "hunter2" not in str(refused.value)
-    assert "JANITOR_PROMETHEUS_URL='ftp://prometheus:9090'" in str(refused.value)
+    assert "JANITOR_PROMETHEUS_URL" in str(refused.value)
 
 
 # The kubernetes source: a Prometheus Operator resource or the StatefulSet running Prometheus.
+
+
+def kube_sweeper(client: k8s.ApiClient, namespace: str, name: str, kind: Kind) -> Sweeper:
+    """The metrics sweeper as a run builds it for the kubernetes source."""
+    return sweeper(
+        lambda: kubernetes_retention(client, namespace=namespace, name=name, kind=kind),
+        kubernetes_target(namespace=namespace, name=name, kind=kind),
+        15,
+    )
+
 
 KUBE_TOKEN = "service-account-token"
 OPERATOR_PATH = "/apis/monitoring.coreos.com/v1/namespaces/monitoring/prometheuses/"
@@ -577,13 +593,7 @@ def test_kubernetes_source_reads_the_declared_retention(
     """The resource's retention is judged like the HTTP source's, from one GET of it."""
     kube_api.requests.clear()
 
-    steps = check_kubernetes_metrics(
-        api_client(kube_api),
-        namespace=case.namespace,
-        name=case.name,
-        kind=case.kind,
-        expected_days=15,
-    )
+    steps = kube_sweeper(api_client(kube_api), case.namespace, case.name, case.kind).plan()
 
     assert len(steps) == 1
     (action,) = steps[0].actions
@@ -598,9 +608,9 @@ def test_kubernetes_source_reads_the_declared_retention(
 
 def test_kubernetes_preflight_reports_a_rejected_token(kube_api: LoopbackServer) -> None:
     """`janitor check` with a token the API refuses names the RBAC/credential problem."""
-    problems = kubernetes_prometheus_problems(
-        api_client(kube_api, token="expired"), namespace="monitoring", name="k8s", kind="prometheus"
-    )
+    problems = kube_sweeper(
+        api_client(kube_api, token="expired"), "monitoring", "k8s", "prometheus"
+    ).problems()
 
     assert problems == [
         "the Kubernetes API rejected the janitor's credentials (HTTP 401) reading prometheus "
@@ -610,12 +620,7 @@ def test_kubernetes_preflight_reports_a_rejected_token(kube_api: LoopbackServer)
 
 def test_kubernetes_preflight_passes_for_a_readable_resource(kube_api: LoopbackServer) -> None:
     """A readable Prometheus resource leaves nothing for `janitor check` to report."""
-    assert (
-        kubernetes_prometheus_problems(
-            api_client(kube_api),
-            namespace="astronomer",
-            name="astronomer-prometheus",
-            kind="statefulset",
-        )
-        == []
+    sweeper = kube_sweeper(
+        api_client(kube_api), "astronomer", "astronomer-prometheus", "statefulset"
     )
+    assert sweeper.problems() == []

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from janitor.clients.registry import RegistryError, connect_registry, parse_challenge
+from janitor.clients.registry import RegistryError, parse_challenge
+from janitor.config import load_settings
 from janitor.errors import ConfigurationError
 from tests.loopback import finishes
 from tests.registry_server import (
@@ -582,12 +583,30 @@ def test_names_outside_the_grammar_never_reach_the_registry(
     assert not [p for _, p in proxy.paths if "manifests" in p or "tags" in p]
 
 
-def test_credentials_settings_must_be_consistent() -> None:
-    """A username without a password, or a token with a username, is a config error."""
-    with pytest.raises(ConfigurationError, match="go together"):
-        connect_registry("http://r", username="u", password=None, token=None, ca_bundle=None)
-    with pytest.raises(ConfigurationError, match="exclusive"):
-        connect_registry("http://r", username="u", password=PASSWORD, token="t", ca_bundle=None)
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"JANITOR_REGISTRY_USERNAME": "u"}, "go together"),
+        ({"JANITOR_REGISTRY_PASSWORD": "p"}, "set without JANITOR_REGISTRY_USERNAME"),
+        (
+            {
+                "JANITOR_REGISTRY_USERNAME": "u",
+                "JANITOR_REGISTRY_PASSWORD": "p",
+                "JANITOR_REGISTRY_TOKEN": "t",
+            },
+            "exclusive",
+        ),
+        (
+            {"JANITOR_REGISTRY_URL": "http://bot:pw@r", "JANITOR_REGISTRY_TOKEN": "t"},
+            "configure them once",
+        ),
+    ],
+)
+def test_credentials_settings_must_be_consistent(environ: dict[str, str], message: str) -> None:
+    """Credentials that cannot work together are refused when settings load (exit 2)."""
+    base = {"JANITOR_HOUSTON_DSN": "host=h", "JANITOR_REGISTRY_URL": "http://r"}
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings({}, base | environ)
 
 
 def test_parses_www_authenticate_challenges() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from elastic_transport import ConnectionError as NoAnswerError
 from elastic_transport import (
@@ -39,6 +39,7 @@ from janitor.clients.http import (
     retry_after_note,
 )
 from janitor.errors import ConfigurationError
+from janitor.redact import without_credentials
 
 SUPPORTED_MAJORS = (8, 9)
 # A DELETE of ~100 indices is one cluster-state update; Elasticsearch's own master and ack
@@ -63,16 +64,6 @@ def _node_class(options: HttpOptions) -> type[RequestsHttpNode]:
     return SharedRetryNode
 
 
-def safe_url(url: str) -> str:
-    """``url`` without user info, for messages (SPEC.md: secrets never appear)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def connect_elasticsearch(
     url: str,
     *,
@@ -85,10 +76,10 @@ def connect_elasticsearch(
     """A client for ``url``; sends nothing until first used (see :func:`verify_elasticsearch`).
 
     ``api_key`` is the encoded form Kibana shows (base64 of ``id:key``). User info in the
-    URL is used as basic auth when no username or API key is given.
+    URL is basic auth (config.Settings makes sure it is the only credential given).
     """
     parts = urlsplit(url)
-    if username is None and api_key is None and parts.username:
+    if username is None and parts.username:
         username, password = parts.username, parts.password
     auth: dict[str, Any] = {}
     if api_key:
@@ -96,16 +87,11 @@ def connect_elasticsearch(
     elif username is not None:
         auth["basic_auth"] = (username, password or "")
     if ca_bundle is not None:
-        if parts.scheme != "https":
-            raise ConfigurationError(
-                f"JANITOR_ELASTICSEARCH_CA_BUNDLE={ca_bundle} needs an https URL, "
-                f"got JANITOR_ELASTICSEARCH_URL={safe_url(url)}"
-            )
         auth["ca_certs"] = str(ca_bundle)
     options = HttpOptions(retries=retries, read_timeout_s=REQUEST_TIMEOUT_S)
     try:
         return Elasticsearch(
-            safe_url(url),
+            without_credentials(url),
             node_class=_node_class(options),
             request_timeout=REQUEST_TIMEOUT_S,
             # Retries happen once, in the shared adapter, with backoff and Retry-After.
@@ -114,7 +100,8 @@ def connect_elasticsearch(
             **auth,
         )
     except ValueError as error:
-        raise ConfigurationError(f"JANITOR_ELASTICSEARCH_URL={safe_url(url)}: {error}") from None
+        shown = without_credentials(url)
+        raise ConfigurationError(f"JANITOR_ELASTICSEARCH_URL={shown}: {error}") from None
 
 
 def verify_elasticsearch(es: Elasticsearch, url: str) -> str:
@@ -127,7 +114,7 @@ def verify_elasticsearch(es: Elasticsearch, url: str) -> str:
     URL for a server speaking plain HTTP. Connection errors and 5xx propagate as they are: an
     unreachable server is a failed run, not a bad configuration.
     """
-    where = f"JANITOR_ELASTICSEARCH_URL={safe_url(url)}"
+    where = f"JANITOR_ELASTICSEARCH_URL={without_credentials(url)}"
     try:
         info = es.info().body
     except UnsupportedProductError:

@@ -529,24 +529,14 @@ def connect_registry(
     page_size: int = DEFAULT_PAGE_SIZE,
     max_pages: int = MAX_TAG_PAGES,
 ) -> RegistryClient:
-    """A client for the registry at ``url``; no request is sent until first use."""
-    if (username is None) != (password is None):
-        raise ConfigurationError(
-            "JANITOR_REGISTRY_USERNAME and JANITOR_REGISTRY_PASSWORD go together"
-        )
-    if token is not None and username is not None:
-        raise ConfigurationError(
-            "JANITOR_REGISTRY_TOKEN and JANITOR_REGISTRY_USERNAME/_PASSWORD are exclusive"
-        )
+    """A client for the registry at ``url``; no request is sent until first use. The
+    credentials are one of: ``username`` and ``password``, ``token``, or user info in
+    ``url`` (config.Settings checks that only one is given)."""
     parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
+    if parts.username is not None:
         # Credentials in the URL would otherwise be sent by requests in place of the token
-        # flow, and shown in every error message naming the registry.
-        if username is not None or token is not None:
-            raise ConfigurationError(
-                "JANITOR_REGISTRY_URL carries credentials and JANITOR_REGISTRY_USERNAME or "
-                "_TOKEN is set too: configure them once"
-            )
+        # flow, and shown in every error message naming the registry; the settings loader
+        # made sure they are the only ones configured.
         username, password = unquote(parts.username or ""), unquote(parts.password or "")
         url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     if ca_bundle is not None:

@@ -10,35 +10,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from janitor.clients.http import (
-    HttpOptions,
-    describe_transport_error,
-    make_session,
-    retry_after_note,
-    tls_port_hint,
-)
+from janitor.clients.prometheus import EndpointMissing, PrometheusError, api_data
 from janitor.durations import format_duration, parse_duration
-from janitor.errors import ConfigurationError
 from janitor.plan import Action, Result, Step, Sweeper, final
+from janitor.redact import without_credentials
 
 EVENT = "metrics.retention.check"
-
-# A check is one cheap GET; a Prometheus that is down should fail the event quickly, not
-# hold the run through the deletion-sized retry budget.
-PROMETHEUS_HTTP = HttpOptions(
-    retries=2, backoff_factor_s=0.2, backoff_max_s=5.0, wait_budget_s=10.0, read_timeout_s=10.0
-)
 
 # Prometheus' default when neither a time nor a size limit is set (prometheus/cmd main.go).
 PROMETHEUS_DEFAULT = timedelta(days=15)
@@ -72,82 +58,25 @@ class RetentionUnreadable(Exception):
     """The retention could not be read; the message is the event's ``error`` text."""
 
 
-class _EndpointMissing(RetentionUnreadable):
-    """A 404: on runtimeinfo, a server older than that endpoint."""
-
-
-def connect_prometheus(
-    url: str,
-    *,
-    username: str | None,
-    password: str | None,
-    token: str | None,
-    ca_bundle: Path | None,
-) -> requests.Session:
-    """A session for the Prometheus at ``url``: basic auth or a static bearer token (e.g. for
-    an auth proxy in front of it), and the CA bundle its TLS certificate chains to."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(
-            f"JANITOR_PROMETHEUS_URL={display_url(url)!r} is not an http(s):// URL"
-        )
-    if token and username:
-        raise ConfigurationError(
-            "JANITOR_PROMETHEUS_TOKEN and JANITOR_PROMETHEUS_USERNAME are both set: "
-            "choose bearer token or basic auth"
-        )
-    if password and not username:
-        raise ConfigurationError("JANITOR_PROMETHEUS_PASSWORD is set without a username")
-    session = make_session(replace(PROMETHEUS_HTTP, ca_bundle=ca_bundle))
-    if token:
-        session.headers["Authorization"] = f"Bearer {token}"
-    elif username:
-        session.auth = (username, password or "")
-    return session
-
-
-def display_url(url: str) -> str:
-    """``url`` without user info: the event target and error texts never carry secrets."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def check_metrics(client: requests.Session, *, url: str, expected_days: int) -> list[Step]:
-    """The ``metrics.retention.check`` step for the Prometheus at ``url``."""
-    return [_check(display_url(url), lambda: read_retention(client, url), expected_days)]
-
-
-def prometheus_problems(client: requests.Session, url: str) -> list[str]:
-    """What keeps ``janitor check`` from reading the retention at ``url`` (empty when it can).
-    A mismatch is not a problem here: it is the run's finding, not a setup error."""
-    return _problems(lambda: read_retention(client, url))
-
-
 def read_retention(client: requests.Session, url: str) -> Retention:
     """The retention Prometheus applies. ``runtimeinfo`` shows the effective value (the 15d
     default included, where ``flags`` reads ``0s``); servers without it fall back to flags."""
     try:
-        info = _api_data(client, url, "/api/v1/status/runtimeinfo")
-    except _EndpointMissing:
+        info = api_data(client, url, "/api/v1/status/runtimeinfo")
+    except EndpointMissing:
         info = {}
     text = info.get("storageRetention")
     # Agent mode, and servers older than the field or the endpoint, leave it empty: the
     # flags tell which.
     if not isinstance(text, str) or not text:
         return retention_from_flags(client, url)
-    return _parse_storage_retention(text, display_url(url))
+    return _parse_storage_retention(text, without_credentials(url))
 
 
 def retention_from_flags(client: requests.Session, url: str) -> Retention:
     """The retention the command-line flags of the Prometheus at ``url`` imply."""
-    flags = _api_data(client, url, "/api/v1/status/flags")
-    where = display_url(url)
+    flags = api_data(client, url, "/api/v1/status/flags")
+    where = without_credentials(url)
     if "agent" in str(flags.get("enable-feature", "")).split(","):
         raise RetentionUnreadable(
             f"Prometheus at {where} runs in agent mode and keeps no metrics: point "
@@ -187,28 +116,6 @@ def effective_retention(
     return Retention(PROMETHEUS_DEFAULT, None, "Prometheus' default: no retention time is set")
 
 
-def check_kubernetes_metrics(
-    api_client: k8s.ApiClient, *, namespace: str, name: str, kind: Kind, expected_days: int
-) -> list[Step]:
-    """The ``metrics.retention.check`` step for the Prometheus that a Prometheus Operator
-    resource (``kind="prometheus"``) or a StatefulSet (``kind="statefulset"``) defines."""
-    target = kubernetes_target(namespace=namespace, name=name, kind=kind)
-
-    def read() -> Retention:
-        return kubernetes_retention(api_client, namespace=namespace, name=name, kind=kind)
-
-    return [_check(target, read, expected_days)]
-
-
-def kubernetes_prometheus_problems(
-    api_client: k8s.ApiClient, *, namespace: str, name: str, kind: Kind
-) -> list[str]:
-    """What keeps ``janitor check`` from reading the retention from Kubernetes."""
-    return _problems(
-        lambda: kubernetes_retention(api_client, namespace=namespace, name=name, kind=kind)
-    )
-
-
 def kubernetes_target(*, namespace: str, name: str, kind: Kind) -> str:
     """The event target for a Kubernetes source, e.g. ``kubernetes:monitoring/prometheus/k8s``."""
     return f"kubernetes:{namespace}/{kind}/{name}"
@@ -239,7 +146,7 @@ def _check(target: str, read: Callable[[], Retention], expected_days: int) -> St
     fields: dict[str, Any] = {"expected": format_duration(expected), "actual": None}
     try:
         retention = read()
-    except RetentionUnreadable as exc:
+    except (RetentionUnreadable, PrometheusError) as exc:
         return _step(target, fields, Result("failed", error=str(exc)))
     if retention.time is not None:
         fields["actual"] = format_duration(retention.time)
@@ -272,56 +179,13 @@ def _step(target: str, fields: Mapping[str, Any], result: Result) -> Step:
 
 
 def _problems(read: Callable[[], Retention]) -> list[str]:
+    """What keeps ``janitor check`` from reading the retention (empty when it can). A
+    mismatch is not a problem here: it is the run's finding, not a setup error."""
     try:
         read()
-    except RetentionUnreadable as exc:
+    except (RetentionUnreadable, PrometheusError) as exc:
         return [str(exc)]
     return []
-
-
-def _api_data(client: requests.Session, url: str, path: str) -> dict[str, Any]:
-    """The ``data`` of a Prometheus API answer."""
-    where = display_url(url).rstrip("/") + path
-    try:
-        response = client.get(url.rstrip("/") + path)
-    except requests.RequestException as exc:
-        raise RetentionUnreadable(describe_transport_error(exc, "JANITOR_PROMETHEUS")) from exc
-    status = response.status_code
-    wrong_scheme = tls_port_hint(response, "JANITOR_PROMETHEUS")
-    if wrong_scheme is not None:
-        raise RetentionUnreadable(wrong_scheme)
-    if status in (401, 403):
-        raise RetentionUnreadable(
-            f"{where} answered HTTP {status} {response.reason}: the credentials "
-            "(JANITOR_PROMETHEUS_USERNAME / _PASSWORD or _TOKEN) are missing, wrong or "
-            "not allowed to read the status API"
-        )
-    if status == 404:
-        raise _EndpointMissing(
-            f"{where} answered HTTP 404: is JANITOR_PROMETHEUS_URL the Prometheus server, "
-            "with its route prefix?"
-        )
-    if status >= 500 or status == 429:
-        raise RetentionUnreadable(
-            f"{where} answered HTTP {status}: {' '.join(response.text.split())[:200]}"
-            f"{retry_after_note(response.headers)}"
-        )
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
-        kind = response.headers.get("Content-Type", "no content type")
-        raise RetentionUnreadable(
-            f"{where} did not answer like the Prometheus API (HTTP {status}, {kind}): "
-            "is JANITOR_PROMETHEUS_URL the Prometheus server, with its route prefix?"
-        )
-    data = body.get("data")
-    if body["status"] != "success" or status != 200 or not isinstance(data, dict):
-        raise RetentionUnreadable(
-            f"{where} answered HTTP {status}: {body.get('error') or 'no status data'}"
-        )
-    return data
 
 
 def _parse_storage_retention(text: str, where: str) -> Retention:
