@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from janitor.clients.elasticsearch import connect_elasticsearch
 from janitor.clients.http import HttpOptions
@@ -39,12 +39,9 @@ class Sweepers:
 
 
 def houston_table(settings: Settings) -> Table:
+    columns = (settings.houston_id_column, settings.houston_release_column)
     return Table(
-        schema=settings.houston_schema,
-        table=settings.houston_table,
-        id_column=settings.houston_id_column,
-        release_column=settings.houston_release_column,
-        deleted_column=settings.houston_deleted_column,
+        settings.houston_schema, settings.houston_table, *columns, settings.houston_deleted_column
     )
 
 
@@ -115,38 +112,39 @@ def _metrics(settings: Settings, kube: ApiClient | None) -> Sweeper:
             expected,
         )
     url = settings.prometheus_url or ""
-    read = lambda: metrics.read_retention(prometheus_client(settings), url)  # noqa: E731
+
+    def read() -> metrics.Retention:
+        return metrics.read_retention(prometheus_client(settings), url)
+
     return metrics.sweeper(read, without_credentials(url), expected)
 
 
+def _basic_auth(settings: Settings, remote: str) -> dict[str, Any]:
+    """A remote's user name, password and CA bundle, as its client takes them."""
+    return {
+        "username": getattr(settings, f"{remote}_username"),
+        "password": settings.reveal(f"{remote}_password"),
+        "ca_bundle": getattr(settings, f"{remote}_ca_bundle"),
+    }
+
+
 def registry_client(settings: Settings) -> RegistryClient:
-    return connect_registry(
-        settings.registry_url or "",
-        username=settings.registry_username,
-        password=settings.reveal("registry_password"),
-        token=settings.reveal("registry_token"),
-        ca_bundle=settings.registry_ca_bundle,
-        # The pool size is what bounds requests in flight (JANITOR_CONCURRENCY).
-        options=HttpOptions(pool_size=settings.concurrency),
-    )
+    # The pool size is what bounds requests in flight (JANITOR_CONCURRENCY).
+    options = HttpOptions(pool_size=settings.concurrency)
+    token = settings.reveal("registry_token")
+    auth = _basic_auth(settings, "registry")
+    return connect_registry(settings.registry_url or "", token=token, options=options, **auth)
 
 
 def elasticsearch_client(settings: Settings) -> Elasticsearch:
-    return connect_elasticsearch(
-        settings.elasticsearch_url or "",
-        username=settings.elasticsearch_username,
-        password=settings.reveal("elasticsearch_password"),
-        api_key=settings.reveal("elasticsearch_api_key"),
-        ca_bundle=settings.elasticsearch_ca_bundle,
-    )
+    api_key = settings.reveal("elasticsearch_api_key")
+    auth = _basic_auth(settings, "elasticsearch")
+    return connect_elasticsearch(settings.elasticsearch_url or "", api_key=api_key, **auth)
 
 
 def prometheus_client(settings: Settings) -> requests.Session:
     return connect_prometheus(
-        username=settings.prometheus_username,
-        password=settings.reveal("prometheus_password"),
-        token=settings.reveal("prometheus_token"),
-        ca_bundle=settings.prometheus_ca_bundle,
+        token=settings.reveal("prometheus_token"), **_basic_auth(settings, "prometheus")
     )
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -220,14 +221,14 @@ class Settings(BaseModel):
     registry_repository_template: str = "{release}/airflow"
 
     elasticsearch_url: str | None = None
-    elasticsearch_username: str | None = None
-    elasticsearch_password: SecretStr | None = None
-    elasticsearch_api_key: SecretStr | None = None
-    elasticsearch_ca_bundle: CaBundle = None
     log_retention_days: Days = 15
     log_index_patterns: Names = ("fluentd.*", "vector.*")
     log_age_source: Literal["creation_date", "name"] = "creation_date"
     log_timestring: str = "%Y.%m.%d"
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_ca_bundle: CaBundle = None
 
     prometheus_url: str | None = None
     prometheus_username: str | None = None
@@ -278,20 +279,15 @@ class Settings(BaseModel):
     def _urls(cls, value: str | None) -> str | None:
         return _check_url(value)
 
-    @field_validator("database_template")
+    @field_validator("database_template", "role_templates", "registry_repository_template")
     @classmethod
-    def _template(cls, value: str) -> str:
-        return _template_giving(value, identifier_refusal)
-
-    @field_validator("role_templates")
-    @classmethod
-    def _role_templates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_template_giving(t, identifier_refusal) for t in value)
-
-    @field_validator("registry_repository_template")
-    @classmethod
-    def _repository_template(cls, value: str) -> str:
-        return _template_giving(value, repository_refusal)
+    def _templates(cls, value: str | tuple[str, ...], info: ValidationInfo) -> object:
+        # Each template must give a name its store accepts (README "Configuration").
+        registry = info.field_name == "registry_repository_template"
+        rule = repository_refusal if registry else identifier_refusal
+        if isinstance(value, tuple):
+            return tuple(_template_giving(t, rule) for t in value)
+        return _template_giving(value, rule)
 
     @field_validator("log_index_patterns")
     @classmethod

@@ -384,22 +384,43 @@ def _quoted(name: str) -> str:
     return sql.Identifier(name).as_string(None)
 
 
-def drop_database(server: Server, name: str) -> Result:
-    ident = sql.Identifier(name)
+# How each kind of object is looked up, and the catalog its locks name (pg_locks.classid).
+_LOOKUP = {
+    "database": ("SELECT oid FROM pg_database WHERE datname = %s", "pg_database"),
+    "role": ("SELECT oid FROM pg_roles WHERE rolname = %s", "pg_authid"),
+}
+
+
+def _drop(
+    server: Server,
+    kind: str,
+    name: str,
+    statements: Callable[[psycopg.Connection[Any], int], None],
+) -> Result:
+    """Runs ``statements`` for the ``kind`` object ``name`` when it still exists: absent when
+    gone already; failed with the lock's holders when it waits past the lock timeout."""
+    query, catalog = _LOOKUP[kind]
     try:
         with server.connect() as conn:
-            row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            row = conn.execute(query, (name,)).fetchone()
             if row is None:
                 return ABSENT
             try:
-                _drop_database(conn, server.version, ident, name)
+                statements(conn, row[0])
             except psycopg.errors.LockNotAvailable:
-                holders = postgres.object_holders(conn, "pg_database", row[0])
-                wait = postgres.lock_wait(f"database {name}", server.timeouts, holders)
-                return failed(f"cannot drop database {name}: {wait}")
+                holders = postgres.object_holders(conn, catalog, row[0])
+                wait = postgres.lock_wait(f"{kind} {name}", server.timeouts, holders)
+                return failed(f"cannot drop {kind} {name}: {wait}")
     except psycopg.Error as exc:
-        return failed(f"cannot drop database {name}: {describe(exc)}")
+        return failed(f"cannot drop {kind} {name}: {describe(exc)}")
     return DONE
+
+
+def drop_database(server: Server, name: str) -> Result:
+    ident = sql.Identifier(name)
+    return _drop(
+        server, "database", name, lambda conn, _: _drop_database(conn, server.version, ident, name)
+    )
 
 
 def _drop_database(
@@ -429,22 +450,13 @@ SELECT DISTINCT d.datname
 def drop_role(server: Server, name: str) -> Result:
     """Drops the role after revoking what it was granted (``DROP OWNED`` in each database
     holding grants: the plan proved it owns nothing there)."""
-    try:
-        with server.connect() as conn:
-            row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
-            if row is None:
-                return ABSENT
-            try:
-                for (database,) in conn.execute(_GRANTS, (row[0],)).fetchall():
-                    _revoke_grants(server, conn, database, name)
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-            except psycopg.errors.LockNotAvailable:
-                holders = postgres.object_holders(conn, "pg_authid", row[0])
-                wait = postgres.lock_wait(f"role {name}", server.timeouts, holders)
-                return failed(f"cannot drop role {name}: {wait}")
-    except psycopg.Error as exc:
-        return failed(f"cannot drop role {name}: {describe(exc)}")
-    return DONE
+
+    def statements(conn: psycopg.Connection[Any], oid: int) -> None:
+        for (database,) in conn.execute(_GRANTS, (oid,)).fetchall():
+            _revoke_grants(server, conn, database, name)
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+    return _drop(server, "role", name, statements)
 
 
 def _revoke_grants(
