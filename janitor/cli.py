@@ -1,4 +1,4 @@
-"""Command line (SPEC.md "Command line"): run, plan, check, --version; exit codes."""
+"""Command line (README "Command line"): run, plan, check, --version; exit codes."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def main(
     try:
         settings = load_settings(_flags(args), env, args.config)
     except ConfigurationError as exc:
-        # SPEC.md: a configuration error is a plain line on stderr, exit 2, no events.
+        # README "Exit codes": a configuration error is a plain line on stderr, exit 2, no events.
         print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
         return ExitCode.INVALID_CONFIGURATION
     if not settings.subsystems:

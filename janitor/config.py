@@ -1,6 +1,6 @@
 """One typed, immutable Settings object: flags > JANITOR_* environment > YAML file > defaults.
 
-Everything is validated before anything connects (SPEC.md "Configuration"): a bad value
+Everything is validated before anything connects (README "Configuration"): a bad value
 raises :class:`ConfigurationError` with one line naming the setting, where it came from and
 the value, secrets masked.
 """

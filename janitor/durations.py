@@ -3,7 +3,7 @@ them, formatted for the ``expected`` / ``actual`` fields of ``metrics.retention.
 
 Retention is compared as durations, never as strings: Prometheus prints the largest exact
 units first, so a 15-day retention may be configured as ``360h`` and a 14-day one comes
-back as ``2w`` (SPEC.md step 5).
+back as ``2w`` (README "How a run works", step 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The event stream: one JSON object per line on stdout (SPEC.md "Events").
+"""The event stream: one JSON object per line on stdout (README "Events").
 
 Every line carries ``event``, ``timestamp`` (ISO 8601 UTC), ``level``, ``run_id`` and
 ``dry_run``. Secrets are masked by the last processor before rendering, so no caller can
@@ -29,7 +29,7 @@ def new_run_id() -> str:
 
 
 def default_format(stream: TextIO) -> LogFormat:
-    """SPEC.md: json when stdout is not a TTY, else console."""
+    """README "Configuration": json when stdout is not a TTY, else console."""
     return "console" if stream.isatty() else "json"
 
 
@@ -53,7 +53,7 @@ def redactor(secrets: Iterable[str]) -> Processor:
 
 
 def event_first(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Puts the SPEC.md common keys first, so a line reads from its event name."""
+    """Puts the common keys (README "Events") first, so a line reads from its event name."""
     head = {k: event_dict[k] for k in HEAD_KEYS if k in event_dict}
     return head | {k: v for k, v in event_dict.items() if k not in head}
 

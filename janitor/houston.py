@@ -2,7 +2,7 @@
 
 The row of an expired deployment is the only record of what still has to be cleaned, so it
 goes last, and only under a row lock that re-checks it is still deleted and still past the
-window (SPEC.md "Safety rules").
+window (README "Safety rules").
 """
 
 from __future__ import annotations

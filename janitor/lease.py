@@ -1,6 +1,6 @@
 """The cluster-wide run lock: a ``coordination.k8s.io/v1`` Lease, and the run summary Event.
 
-In a cluster the Postgres advisory lock is not enough (SPEC.md "What one run does", step 1):
+In a cluster the Postgres advisory lock is not enough (README "How a run works", step 1):
 a logs/metrics-only run has no Houston database to lock, and a manual Job
 (``kubectl create job --from=cronjob/...``) must never work at the same time as the
 scheduled one. ``concurrencyPolicy: Forbid`` only covers Jobs the CronJob itself starts.
@@ -31,7 +31,7 @@ from kubernetes.config.config_exception import ConfigException
 from janitor.errors import ConfigurationError, ExitCode
 
 EVENT_COMPONENT = "astro-janitor"
-# One Event reason per SPEC.md exit code, so `kubectl get events --field-selector
+# One Event reason per exit code (README "Exit codes"), so `kubectl get events --field-selector
 # reason=GuardRefused` finds the runs an operator has to look at.
 EVENT_REASONS: dict[int, str] = {
     ExitCode.OK: "RunFinished",
@@ -325,7 +325,7 @@ def post_run_event(
 ) -> None:
     """Record the run summary as an Event on the CronJob (Warning when ``exit_code != 0``).
 
-    ``summary`` is the ``run.finished`` event (SPEC.md "Events"): its ``counts`` become the
+    ``summary`` is the ``run.finished`` event (README "Events"): its ``counts`` become the
     message, so ``kubectl describe cronjob`` shows what the last runs did. Raises
     KubernetesError when the API refuses or cannot be reached.
     """

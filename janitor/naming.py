@@ -1,4 +1,4 @@
-"""The name rules that decide what the janitor may touch (SPEC.md "Safety rules").
+"""The name rules that decide what the janitor may touch (README "Safety rules").
 
 One module for every name the janitor derives or accepts: release names read from the
 Houston table, the templates that turn a release name into a database, role or registry
@@ -6,7 +6,7 @@ repository name, and the limits those names must fit. Every rule is a full match
 a Python regex also accepts a final newline, so a row ``live-one\\n`` would pass a
 ``re.match(...$)`` check and name another deployment's resources.
 
-Sources: SPEC.md "Safety rules" (release names), PostgreSQL "Identifiers and Key Words"
+Sources: README "Safety rules" (release names), PostgreSQL "Identifiers and Key Words"
 (NAMEDATALEN - 1 = 63 bytes), the distribution spec's repository grammar (docs/registry.md).
 """
 
@@ -17,7 +17,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# SPEC.md "Safety rules": ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$, applied with fullmatch.
+# README "Safety rules": ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$, applied with fullmatch.
 RELEASE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 TEMPLATE_FIELDS = frozenset({"release", "release_snake"})
 # PostgreSQL truncates longer identifiers silently, so a longer name could designate
@@ -109,8 +109,8 @@ class Templates:
         """Why the janitor may not act on the deployment ``release`` (an invalid release
         name, or a resource name that cannot be built from it), or None.
 
-        A refused deployment is skipped and keeps its row (SPEC.md step 3); the rest of
-        the run goes on.
+        A refused deployment is skipped and keeps its row (README "How a run works",
+        step 3); the rest of the run goes on.
         """
         reason = release_name_refusal(release)
         if reason is not None or release is None:

@@ -3,7 +3,7 @@
 A sweeper reads the world and returns *steps*. A step is one unit of remote work (one
 ``DROP DATABASE``, one registry manifest ``DELETE`` that removes several tags, one batched
 Elasticsearch ``DELETE a,b,c``) and carries the *actions* it settles: one action is one
-reported thing, i.e. one event line (SPEC.md "Events"). Executing a step returns one
+reported thing, i.e. one event line (README "Events"). Executing a step returns one
 :class:`Result` per action, in order.
 """
 
@@ -54,7 +54,8 @@ class Action:
 
     @property
     def deletes(self) -> bool:
-        """Counted by the guard: planned deletions only (SPEC.md JANITOR_MAX_DELETIONS)."""
+        """Counted by the guard: planned deletions only (README "Configuration",
+        JANITOR_MAX_DELETIONS)."""
         return self.planned.outcome == "planned"
 
 
@@ -131,7 +132,7 @@ class Plan:
 
 
 def guard_refusal(plan: Plan, max_deletions: int) -> str | None:
-    """The reason the whole run is refused (SPEC.md exit 4), or None. 0 means no limit."""
+    """The reason the whole run is refused (README "Exit codes": 4), or None. 0 means no limit."""
     if max_deletions <= 0:
         return None
     count = plan.deletions()

@@ -1,4 +1,4 @@
-"""The one secret scrubber (SPEC.md "Configuration": secrets never appear in any line).
+"""The one secret scrubber (README "Configuration": secrets never appear in any line).
 
 Secrets are masked by structure: the password field of a DSN as libpq parses it, the user
 info of a URL, the value of a ``password=`` keyword. Known secret values are also masked

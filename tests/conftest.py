@@ -106,6 +106,28 @@ class Houston:
                     sql.SQL("ALTER TABLE dag_run OWNER TO {}").format(sql.Identifier(owner))
                 )
 
+    def janitor_role(self, name: str, attributes: str = "CREATEROLE") -> str:
+        """A non-superuser login role for the janitor, as on managed PostgreSQL: it may read,
+        lock and delete Houston rows; returns its Houston DSN."""
+        role = self.release(name)
+        self.roles.add(role)
+        ident = sql.Identifier(role)
+        with admin() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN " + attributes).format(ident))
+            conn.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(self.dbname), ident
+                )
+            )
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL('GRANT USAGE ON SCHEMA "houston$default" TO {}').format(ident))
+            conn.execute(
+                sql.SQL(
+                    'GRANT SELECT, UPDATE, DELETE ON "houston$default"."Deployment" TO {}'
+                ).format(ident)
+            )
+        return dsn(self.dbname, user=role)
+
     def rows(self) -> dict[str, Any]:
         with psycopg.connect(self.dsn) as conn:
             return dict(

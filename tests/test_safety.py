@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -228,12 +227,15 @@ def test_passwords_never_appear_in_events(houston: Houston, env: dict[str, str])
 def test_the_janitor_account_cannot_drop_its_own_role(
     houston: Houston, env: dict[str, str]
 ) -> None:
-    """The role the janitor connects as is protected even when a template names it."""
-    houston.add("postgres", deleted_days_ago=40)
+    """The role the janitor connects as (here an ordinary CREATEROLE role, not the built-in
+    protected `postgres`) is protected even when a template names it."""
+    env["JANITOR_HOUSTON_DSN"] = houston.janitor_role("janitor")
+    janitor_role = houston.release("janitor")
+    houston.add(janitor_role, deleted_days_ago=40)
     env |= {"JANITOR_ROLE_TEMPLATES": "{release}", "JANITOR_DATABASE_TEMPLATE": "{release}_x"}
 
     run = janitor(["run"], env)
 
-    assert run.outcomes("role.drop") == {"postgres": "skipped"}
-    with psycopg.connect(houston.dsn) as conn:
-        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'").fetchone()
+    assert run.outcomes("role.drop") == {janitor_role: "skipped"}
+    assert run.of("role.drop")[0]["reason"] == "protected"
+    assert existing_roles([janitor_role]) == {janitor_role}

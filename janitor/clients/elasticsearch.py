@@ -107,7 +107,7 @@ def connect_elasticsearch(
 def verify_elasticsearch(es: Elasticsearch, url: str) -> str:
     """The server's version, once it proved to be a supported Elasticsearch (``GET /``).
 
-    Raises ConfigurationError (SPEC.md exit 2, nothing deleted) for a server that is not
+    Raises ConfigurationError (README "Exit codes": 2, nothing deleted) for a server that is not
     Elasticsearch (no ``X-Elastic-Product`` header: OpenSearch and other forks), one that
     refuses the client's ``compatible-with=8`` headers (7.x, 10.x), a version outside 8.x and
     9.x, rejected credentials, a certificate the CA bundle does not vouch for, and an https

@@ -5,7 +5,7 @@ Retries cover connection errors and 429/5xx answers, honouring ``Retry-After`` w
 retry budget. DELETE is retried too: every delete the janitor sends is idempotent and a
 repeat that finds the thing gone is reported as ``absent``.
 
-Waits are bounded (SPEC.md "Time limits: a run never hangs"): one wait between attempts is
+Waits are bounded (README "Time limits"): one wait between attempts is
 at most ``backoff_max_s``, and all the waits of one request together at most
 ``wait_budget_s``. urllib3 alone obeys a ``Retry-After`` of up to 6 hours on every retry; a
 server asking for more than the budget has left ends the retries at once, and the caller

@@ -1,4 +1,5 @@
-"""Log indices past the retention window (SPEC.md step 4, event ``logs.index.delete``).
+"""Log indices past the retention window, event ``logs.index.delete`` (README "How a run
+works", step 4).
 
 Reading costs one request: ``GET <patterns>/_settings`` filtered down to
 ``index.creation_date`` and ``index.hidden`` (the cat APIs are documented as meant for
@@ -100,7 +101,9 @@ def plan_logs(
     creation date cannot be read is ``failed`` on its own; the others go on.
     """
     if now.utcoffset() != timedelta(0):
-        raise ValueError("now must be timezone-aware UTC (SPEC.md: one now per run)")
+        raise ValueError(
+            "now must be timezone-aware UTC (one now per run, README 'How a run works')"
+        )
     date_in_name = name_date_pattern(timestring) if age_source == "name" else None
 
     indices = _list_indices(es, patterns)
@@ -145,7 +148,7 @@ def plan_logs(
 
 
 def _protection(index: _Index, membership: _Membership | None) -> str | None:
-    """Why SPEC.md's safety rules forbid deleting ``index``, or None."""
+    """Why the safety rules (README) forbid deleting ``index``, or None."""
     if membership is not None:
         if membership.write:
             return f"write index of data stream [{membership.stream}]"

@@ -1,4 +1,5 @@
-"""Check that Prometheus keeps metrics for exactly ``metrics_retention_days`` (SPEC.md step 5).
+"""Check that Prometheus keeps metrics for exactly ``metrics_retention_days`` (README "How a
+run works", step 5).
 
 Read-only, also in a real run: one ``metrics.retention.check`` event with outcome ``ok``,
 ``mismatch`` (exit 3) or ``failed`` (exit 1). The retention is read from the Prometheus HTTP

@@ -1,4 +1,5 @@
-"""Registry sweeper: every tag of each expired deployment's repository (SPEC.md step 3).
+"""Registry sweeper: every tag of each expired deployment's repository (README "How a run
+works", step 3).
 
 Planning does every read: one tag listing per repository and one ``HEAD`` per tag, all on
 the shared executor. Executing deletes each distinct digest once: distribution removes
@@ -196,7 +197,7 @@ def _unswept(client: RegistryClient, deployment: Deployment, repository: str, er
 def _remaining(client: RegistryClient, repository: str, problem: str | None) -> Probe:
     def remaining() -> str | None:
         # A plan that could not see the whole repository cannot prove it clean: the row
-        # stays, and the next run looks again (SPEC.md step 3).
+        # stays, and the next run looks again (README "How a run works", step 3).
         if problem is not None:
             return f"repository {repository} was not fully swept: {problem}"
         try:
