@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from janitor.clients.elasticsearch import connect_elasticsearch
 from janitor.clients.http import HttpOptions
 from janitor.clients.prometheus import connect_prometheus
@@ -55,12 +58,12 @@ def sweepers(
     stack: ExitStack,
     *,
     now: datetime,
-    protected: databases.Protected | None = None,
+    houston: psycopg.Connection[Any] | None = None,
     kube: ApiClient | None = None,
 ) -> Sweepers:
     """Every sweeper ``settings.subsystems`` selects; nothing connects before a sweeper's
-    ``plan`` or ``problems`` is called. ``protected``: names of the Houston side that no
-    template may reach (none needed for ``check``, which drops nothing)."""
+    ``plan`` or ``problems`` is called. ``houston``: the run's Houston connection, whose
+    database and role no template may reach (``check`` drops nothing and needs none)."""
     chosen = settings.subsystems
     deployment: list[DeploymentSweeper] = []
     standalone: list[Sweeper] = []
@@ -70,7 +73,7 @@ def sweepers(
             databases.sweeper(
                 airflow,
                 settings.templates(),
-                protected=protected or databases.Protected(),
+                protected=_protected(houston),
                 concurrency=settings.concurrency,
                 stack=stack,
                 timeouts=pg_timeouts(settings),
@@ -97,6 +100,14 @@ def sweepers(
     if "metrics" in chosen:
         standalone.append(_metrics(settings, kube))
     return Sweepers(tuple(deployment), tuple(standalone))
+
+
+def _protected(houston: psycopg.Connection[Any] | None) -> databases.Protected:
+    """The Houston database and the role the janitor logs in to it as: never dropped."""
+    if houston is None:
+        return databases.Protected()
+    user = conninfo_to_dict(houston.info.dsn).get("user") or houston.info.user
+    return databases.Protected(frozenset({houston.info.dbname}), frozenset({str(user)}))
 
 
 def _metrics(settings: Settings, kube: ApiClient | None) -> Sweeper:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from janitor import __version__, assemble, houston, postgres
@@ -43,7 +42,6 @@ from janitor.plan import (
     unexpected,
 )
 from janitor.stopping import DEADLINE_REACHED, TERMINATED, Stop
-from janitor.sweepers.databases import Protected
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -193,9 +191,7 @@ def _run(
             return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
         table = assemble.houston_table(settings)
-        sweepers = assemble.sweepers(
-            settings, stack, now=now, protected=_protected(main), kube=kube
-        )
+        sweepers = assemble.sweepers(settings, stack, now=now, houston=main, kube=kube)
         plan = build_plan(settings, sweepers, main, table=table, now=now, stop=stop)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
@@ -254,14 +250,6 @@ def _take_locks(
             recorder.log.info("run.skipped", reason=reason)
             return False
     return True
-
-
-def _protected(main: psycopg.Connection[Any] | None) -> Protected:
-    """The Houston database and the role the janitor logs in to it as: never dropped."""
-    if main is None:
-        return Protected()
-    user = conninfo_to_dict(main.info.dsn).get("user") or main.info.user
-    return Protected(databases=frozenset({main.info.dbname}), roles=frozenset({str(user)}))
 
 
 def build_plan(
