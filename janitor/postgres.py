@@ -71,6 +71,25 @@ def open_pool(
     )
 
 
+def pools_transactions(conninfo: str, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> bool:
+    """Whether ``conninfo`` leads to a pooler that hands one server session to several
+    clients (PgBouncer's transaction or statement pooling): two open connections then
+    run on the same backend. The run lock (a session advisory lock) and the session's
+    time zone and lock_timeout need a session of their own."""
+    with connect(conninfo, timeouts) as first, connect(conninfo, timeouts) as second:
+        (mine,) = first.execute("SELECT pg_backend_pid()").fetchone() or (None,)
+        (theirs,) = second.execute("SELECT pg_backend_pid()").fetchone() or (None,)
+    return mine == theirs
+
+
+POOLED = (
+    "JANITOR_HOUSTON_DSN leads to a pooler that shares one PostgreSQL session between "
+    "clients (PgBouncer pool_mode=transaction or statement): the run lock, the session's "
+    "time zone and lock_timeout need a session of their own; point it at PostgreSQL "
+    "directly (or at a pool in session mode)"
+)
+
+
 def server_name(conninfo: str) -> str:
     """The server and database of ``conninfo`` as ``host:port/dbname``, for events (no
     credentials)."""

@@ -67,7 +67,11 @@ def houston_problems(settings: Settings, conninfo: str, expired: list[Deployment
     run will skip and keep until an operator looks at them; ``expired`` receives the
     deployments a run would sweep."""
     table = assemble.houston_table(settings)
-    with postgres.connect(conninfo, assemble.pg_timeouts(settings)) as conn:
+    timeouts = assemble.pg_timeouts(settings)
+    if postgres.pools_transactions(conninfo, timeouts):
+        yield postgres.POOLED
+        return
+    with postgres.connect(conninfo, timeouts) as conn:
         problems = list(houston.table_problems(conn, table))
         yield from problems
         if problems:

@@ -182,6 +182,9 @@ def _run(
     with ExitStack() as stack:
         conninfo = settings.houston_conninfo()
         timeouts = assemble.pg_timeouts(settings)
+        if conninfo is not None and postgres.pools_transactions(conninfo, timeouts):
+            # Ages would be read in whatever time zone the next pooled session has.
+            raise ConfigurationError(postgres.POOLED)
         main = stack.enter_context(postgres.connect(conninfo, timeouts)) if conninfo else None
         # README "Time": one now per run, from the database server when there is one.
         now = houston.server_now(main) if main is not None else clock()
@@ -378,10 +381,12 @@ def execute(plan: Plan, context: Context) -> None:
         future.result()
 
 
-def _settle(step: Step, context: Context) -> list[Result]:
-    """Executes one step (unless dry run) and emits one event per action; a step not
-    started before a stop was requested is skipped with the stop's reason."""
-    stopped = context.stop.reason()
+def _settle(step: Step, context: Context, *, alone: bool = True) -> list[Result]:
+    """Executes one step (unless dry run) and emits one event per action. A step that is a
+    unit of work of its own (``alone``: a batch, a check) not started before a stop was
+    requested is skipped with the stop's reason; a deployment's steps all run once the
+    deployment has started (README "Time limits": work in flight finishes)."""
+    stopped = context.stop.reason() if alone else None
     if stopped is not None and step.run is not None:
         results = [skipped(stopped) if a.deletes else a.planned for a in step.actions]
     elif context.dry_run or step.run is None:
@@ -421,7 +426,7 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
         _skip_all(work, purge, stopped, context)
         return
     if context.dry_run:
-        results = [r for step in work.steps for r in _settle(step, context)]
+        results = [r for step in work.steps for r in _settle(step, context, alone=False)]
         reason = keep_reason(results, plan.purge_blocked)
         context.recorder.action(purge, skipped(reason) if reason else purge.planned)
         return
@@ -439,7 +444,7 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
                 if not still_expired:
                     _skip_all(work, purge, NO_LONGER_EXPIRED, context)
                     return
-                results = [r for step in work.steps for r in _settle(step, context)]
+                results = [r for step in work.steps for r in _settle(step, context, alone=False)]
                 reason = keep_reason(results, plan.purge_blocked) or _remaining(work)
                 result = (
                     skipped(reason)

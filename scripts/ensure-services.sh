@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Makes the local services the tests and the demo use available on a fresh Debian machine:
-# PostgreSQL running on 127.0.0.1:5432, and the real registry and Prometheus binaries
-# (tests start those themselves on loopback ports).
+# PostgreSQL running on 127.0.0.1:5432, and the real registry, Prometheus and PgBouncer
+# binaries (tests start those themselves on loopback ports).
 set -euo pipefail
 
 need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql)
+# PgBouncer: the tests put one in transaction mode in front of PostgreSQL.
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
