@@ -1,5 +1,6 @@
-"""metrics.retention.check against real Prometheus servers (and, for the kubernetes source, a
-loopback Kubernetes API answering the client's exact GETs)."""
+"""metrics.retention.check against real Prometheus 2.42 servers; for the kubernetes source, a
+loopback Kubernetes API answering the client's exact GETs; for Prometheus 3.x, which cannot
+be installed here, a loopback fake serving 3.x answers built from its sources."""
 
 from __future__ import annotations
 

@@ -207,9 +207,10 @@ def parse_storage_retention(text: str, where: str) -> Retention:
     optional, in this order, joined by `` or `` (prometheus web/web.go runtimeInfo), e.g.
     ``15d``, ``1GiB476MiB``, ``80%`` or ``15d or 1GiB476MiB or 80%``."""
     parts = text.split(" or ")
-    time = _duration(parts.pop(0), f"storageRetention of {where}") if _is_time(parts[0]) else None
+    is_time = _accepts(parse_duration, parts[0])
+    time = _duration(parts.pop(0), f"storageRetention of {where}") if is_time else None
     limits: list[str] = []
-    if parts and _is_size(parts[0]):
+    if parts and _accepts(parse_bytes, parts[0]):
         limits.append(format_bytes(parse_bytes(parts.pop(0))))
     if parts and _PERCENTAGE.fullmatch(parts[0]):
         limits.append(parts.pop(0))
@@ -218,17 +219,10 @@ def parse_storage_retention(text: str, where: str) -> Retention:
     return Retention(time, " or ".join(limits) or None)
 
 
-def _is_time(text: str) -> bool:
+def _accepts(parse: Callable[[str], object], text: str) -> bool:
+    """Whether ``parse`` reads ``text`` (a duration, a byte size) without a ValueError."""
     try:
-        parse_duration(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_size(text: str) -> bool:
-    try:
-        parse_bytes(text)
+        parse(text)
     except ValueError:
         return False
     return True
