@@ -174,9 +174,9 @@ def index_name_refusal(name: str) -> str | None:
         return f"is {name!r}, which names no index"
     if name.startswith(("-", "_", "+")):
         return f"starts with {name[0]!r}, which no index name may"
-    forbidden = sorted(INDEX_NAME_FORBIDDEN & set(name)) + [c for c in name if ord(c) < 32]
-    if forbidden:
-        return f"holds {forbidden[0]!r}, which no index name may hold"
+    forbidden = next((c for c in name if c in INDEX_NAME_FORBIDDEN or ord(c) < 32), None)
+    if forbidden is not None:
+        return f"holds {forbidden!r}, which no index name may hold"
     if len(name.encode()) > MAX_INDEX_NAME_BYTES:
         return f"is longer than {MAX_INDEX_NAME_BYTES} bytes"
     return None

@@ -61,7 +61,7 @@ SECRET = "p4ss-w0rd"
         ({"JANITOR_LOG_INDEX_PATTERNS": "_all"}, "it starts with '_'"),
         ({"JANITOR_LOG_INDEX_PATTERNS": "+fluentd.*"}, "it starts with '+'"),
         ({"JANITOR_LOG_INDEX_PATTERNS": "fluentd #1"}, "it holds ' ', which no index name"),
-        ({"JANITOR_LOG_INDEX_PATTERNS": "<fluentd-{now/d}>"}, "it holds '/'"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "<fluentd-{now/d}>"}, "it holds '<', which no index"),
         ({"JANITOR_LOG_INDEX_PATTERNS": "Fluentd.*"}, "has capitals"),
         ({"JANITOR_LOG_INDEX_PATTERNS": ".ds-logs-airflow*"}, "name their data stream instead"),
         ({"JANITOR_LOG_INDEX_PATTERNS": ".*"}, "would address every hidden data stream"),
