@@ -135,30 +135,48 @@ DATA_STREAM_BACKING_PREFIX = ".ds-"
 
 
 def index_pattern_refusal(pattern: str) -> str | None:
-    """Why ``pattern`` cannot be a log index pattern, or None.
+    """Why ``pattern`` cannot be a log index pattern, or None (README "Configuration").
 
-    Only ``*`` is a wildcard. Refused: nothing but wildcards (every index), a leading
-    ``.`` (the system and hidden indices stay out of reach), ``-``/``_``/``+`` prefixes
-    (exclusions and ``_all`` change what a listing means), a list separator or space (it
-    would be sent as two patterns), a cross-cluster ``remote:`` prefix.
+    A pattern is an index or data stream name in which ``*`` is a wildcard. It may start
+    with ``.``: it can name a hidden data stream (``.logs-airflow``), whose old backing
+    indices go while every other hidden or system index stays protected (README "Safety
+    rules"). Refused: nothing but wildcards (every index), a cross-cluster ``remote:``
+    prefix, ``-``/``_``/``+`` prefixes (exclusions and ``_all`` change what a listing means),
+    a list separator, space or other character no index name may hold (it would be sent as
+    something else), and patterns that could only match nothing or everything hidden:
+    capitals (names are lowercase), ``.ds-`` (a backing index is reached through its data
+    stream's name, never its own), a dot and wildcards only.
     """
-    if not pattern or pattern.strip("*") == "":
-        return "would address every index"
-    if pattern.startswith("."):
-        return "would address the system or hidden indices"
-    if pattern.startswith(("-", "_", "+")) or re.search(r"[\s,]", pattern):
-        return "is not an index name or pattern"
-    if ":" in pattern:
-        return "names a remote cluster (cross-cluster patterns are not swept)"
-    return None
+    name_problem = index_name_refusal(pattern.replace("*", "x"))
+    rules = (
+        (pattern.strip("*") == "", "would address every index"),
+        (":" in pattern, "names a remote cluster (cross-cluster patterns are not swept)"),
+        (name_problem is not None, f"is not an index name or pattern: it {name_problem}"),
+        (
+            pattern != pattern.lower(),
+            "has capitals: index and data stream names are lowercase, it would match nothing",
+        ),
+        (
+            pattern.startswith(DATA_STREAM_BACKING_PREFIX),
+            "names backing indices (.ds-…) directly: name their data stream instead",
+        ),
+        (
+            pattern.startswith(".") and pattern.strip("*") == ".",
+            "would address every hidden data stream and system index",
+        ),
+    )
+    return next((reason for refused, reason in rules if refused), None)
 
 
 def index_name_refusal(name: str) -> str | None:
     """Why ``name``, as an Elasticsearch answer gives it, must not go into a DELETE."""
-    if name in ("", ".", "..") or name.startswith(("-", "_", "+")):
-        return "is not a valid index name"
-    if INDEX_NAME_FORBIDDEN & set(name) or any(ord(c) < 32 for c in name):
-        return "holds a character no index name may hold (a wildcard or list separator)"
+    if name in ("", ".", ".."):
+        return f"is {name!r}, which names no index"
+    if name.startswith(("-", "_", "+")):
+        return f"starts with {name[0]!r}, which no index name may"
+    forbidden = next((c for c in name if c in INDEX_NAME_FORBIDDEN or ord(c) < 32), None)
+    if forbidden is not None:
+        return f"holds {forbidden!r}, which no index name may hold"
     if len(name.encode()) > MAX_INDEX_NAME_BYTES:
         return f"is longer than {MAX_INDEX_NAME_BYTES} bytes"
     return None

@@ -23,16 +23,29 @@ server sources of elastic/elasticsearch, cited where a behaviour is not obvious)
   missing explicit names; ``allow_no_indices``; ``-pattern`` exclusions after a wildcard.
   A missing name: 404 ``index_not_found_exception`` naming it (``index``, ``resource.id``).
 - ``GET /``, ``GET [/<targets>]/_settings[/<names>]`` (``flat_settings``, default
-  ``expand_wildcards=all`` per the spec), ``filter_path`` on every answer (``*`` inside a
-  segment, ``**`` for any depth; no ``-`` exclusions; empty objects and arrays dropped).
+  ``expand_wildcards=all`` per the spec), ``GET /<targets>`` (get index: ``features``
+  aliases/settings/mappings, default ``expand_wildcards=open``; every index answers
+  ``aliases``, ``mappings`` and ``settings`` objects, a backing index also ``data_stream``,
+  as ``GetIndexResponse`` writes them), ``GET /_alias[/<names>]`` (every index holding a
+  named alias, default ``expand_wildcards=all``; a missing explicit name answers 404 with
+  ``"error": "alias [..] missing"`` beside the indices found, as ``RestGetAliasesAction``
+  does), ``filter_path`` on every answer (``*`` inside a segment, ``**`` for any depth; no
+  ``-`` exclusions; empty objects and arrays dropped).
+- Aliases carry ``is_write_index`` per index (true, false, or unset, as
+  ``AliasMetadata`` prints it: the key only when set); index settings may hold
+  ``index.lifecycle.name`` (ILM does not run: the setting is only shown).
 - ``DELETE /<indices>``: ``action.destructive_requires_name`` (true, the 8.0+ default) refuses
   ``_all`` and wildcards with 400 "Wildcard expressions or all indices are not allowed";
   an alias or data stream name is refused; a data stream's write index is refused with
-  400 "index [..] is the write index for data stream [..] and cannot be deleted"; a missing
+  400 "index [..] is the write index for data stream [..] and cannot be deleted"; an index
+  being snapshotted (``start_snapshot``) with 400 ``snapshot_in_progress_exception``
+  "Cannot delete indices that are being snapshotted: [[name/uuid]]. ..." (``SnapshotsService``);
+  the write index of an alias is deleted like any other index, as Elasticsearch does; a missing
   name fails the whole request (404) unless ``ignore_unavailable``; nothing is deleted
   when any check fails.
-- ``PUT /<index>`` (settings ``index.creation_date``, ``index.hidden``, shards, replicas),
-  ``POST /<index>/_close``, ``PUT /<index>/_alias/<name>``, ``HEAD /_alias/<name>``,
+- ``PUT /<index>`` (settings ``index.creation_date``, ``index.hidden``,
+  ``index.lifecycle.name``, shards, replicas; ``aliases``), ``POST /<index>/_close``,
+  ``PUT /<index>/_alias/<name>`` (body ``is_write_index``), ``HEAD /_alias/<name>``,
   ``PUT|DELETE /_index_template/<name>`` with ``data_stream`` (``hidden``),
   ``PUT|GET|DELETE /_data_stream/<names>``, ``POST /<stream>/_rollover`` (backing indices
   ``.ds-<stream>-<yyyy.MM.dd>-<generation>``, hidden; the last one is the write index),
@@ -45,7 +58,9 @@ server sources of elastic/elasticsearch, cited where a behaviour is not obvious)
   authenticates but does not authorize the other calls.
 
 Not covered: documents, mappings, searches, date math in names, remote clusters, the
-failure store, ILM, cluster settings, and hidden aliases.
+failure store, ILM itself, cluster settings, hidden aliases, data stream aliases, and the
+refusal of a second write index for one alias. System data streams cannot be made through
+the API; ``mark_system`` plays one.
 
 For the benchmark and fault tests the stand-in counts requests, can add a latency to each,
 can answer a given number of requests with an injected status (e.g. 429), and can show a
@@ -139,6 +154,7 @@ class Index:
     # What the settings answer shows instead of created_ms (see mangle_creation_date).
     shown_creation_date: str | None = None
     closed: bool = False
+    lifecycle: str | None = None
     uuid: str = field(default_factory=lambda: uuid.uuid4().hex[:22])
     shards: str = "1"
     replicas: str = "1"
@@ -151,6 +167,7 @@ class DataStream:
     hidden: bool
     indices: list[str] = field(default_factory=list)
     generation: int = 0
+    system: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,7 +224,9 @@ class ElasticsearchStandin:
         self.users = dict(users or {})
         self.api_keys = dict(api_keys or {})
         self.indices: dict[str, Index] = {}
-        self.aliases: dict[str, set[str]] = {}
+        # alias -> index -> is_write_index (None: not set)
+        self.aliases: dict[str, dict[str, bool | None]] = {}
+        self.snapshotting: set[str] = set()
         self.templates: dict[str, Template] = {}
         self.data_streams: dict[str, DataStream] = {}
         self.requests: list[Request] = []
@@ -244,11 +263,22 @@ class ElasticsearchStandin:
         with self.lock:
             self.indices[name].shown_creation_date = shown
 
+    def start_snapshot(self, *names: str) -> None:
+        """Hold ``names`` in a running snapshot: deleting them is refused until it ends."""
+        with self.lock:
+            self.snapshotting.update(names)
+
+    def mark_system(self, stream: str) -> None:
+        """Make ``stream`` a system data stream, as Elasticsearch's own plugins create them."""
+        with self.lock:
+            self.data_streams[stream].system = True
+
     def clear(self) -> None:
         """Forget every index, alias, template and data stream."""
         with self.lock:
             self.indices.clear()
             self.aliases.clear()
+            self.snapshotting.clear()
             self.templates.clear()
             self.data_streams.clear()
 
@@ -390,6 +420,9 @@ class ElasticsearchStandin:
         elif first == "_alias" and len(segments) == 2 and method == "HEAD":
             _params(path, query)
             return (200 if segments[1] in self.aliases else 404), None
+        elif first == "_alias" and len(segments) <= 2 and method == "GET":
+            _params(path, query, "expand_wildcards", "ignore_unavailable", "allow_no_indices")
+            return self._get_aliases(segments[1] if len(segments) == 2 else None, query)
         elif first == "_index_template" and len(segments) == 2:
             if method == "PUT":
                 _params(path, query, "create", "master_timeout", "cause")
@@ -441,8 +474,22 @@ class ElasticsearchStandin:
             return 200, self._close(first, query)
         elif len(segments) == 3 and segments[1] == "_alias" and method == "PUT":
             _params(path, query, "master_timeout", "timeout")
-            return 200, self._put_alias(first, segments[2])
+            return 200, self._put_alias(first, segments[2], body or {})
         elif len(segments) == 1 and not first.startswith("_"):
+            if method == "GET":
+                _params(
+                    path,
+                    query,
+                    "allow_no_indices",
+                    "expand_wildcards",
+                    "features",
+                    "flat_settings",
+                    "ignore_unavailable",
+                    "include_defaults",
+                    "local",
+                    "master_timeout",
+                )
+                return 200, self._get_indices(first, query)
             if method == "PUT":
                 _params(path, query, "master_timeout", "timeout", "wait_for_active_shards")
                 return 200, self._create_index(first, body or {})
@@ -670,7 +717,7 @@ class ElasticsearchStandin:
                     "status": "GREEN",
                     "template": s.template,
                     "hidden": s.hidden,
-                    "system": False,
+                    "system": s.system,
                     "allow_custom_routing": False,
                     "replicated": False,
                 }
@@ -706,10 +753,11 @@ class ElasticsearchStandin:
             hidden=str(settings.get("index.hidden", "false")).lower() == "true",
             shards=str(settings.get("index.number_of_shards", "1")),
             replicas=str(settings.get("index.number_of_replicas", "1")),
+            lifecycle=settings.get("index.lifecycle.name"),
         )
         self.indices[name] = index
-        for alias in body.get("aliases", {}):
-            self.aliases.setdefault(alias, set()).add(name)
+        for alias, options in body.get("aliases", {}).items():
+            self.aliases.setdefault(alias, {})[name] = (options or {}).get("is_write_index")
         return {"acknowledged": True, "shards_acknowledged": True, "index": name}
 
     def _close(self, targets: str, query: Mapping[str, str]) -> dict[str, Any]:
@@ -728,7 +776,7 @@ class ElasticsearchStandin:
             "indices": {n: {"closed": True} for n in names},
         }
 
-    def _put_alias(self, index: str, alias: str) -> dict[str, Any]:
+    def _put_alias(self, index: str, alias: str, body: Mapping[str, Any]) -> dict[str, Any]:
         if index not in self.indices:
             raise not_found(index)
         if alias in self.indices or alias in self.data_streams:
@@ -738,7 +786,7 @@ class ElasticsearchStandin:
                 f"Invalid alias name [{alias}]: an index or data stream exists with the same "
                 "name as the alias",
             )
-        self.aliases.setdefault(alias, set()).add(index)
+        self.aliases.setdefault(alias, {})[index] = body.get("is_write_index")
         return {"acknowledged": True}
 
     def _settings(self, index: Index) -> dict[str, str]:
@@ -752,6 +800,8 @@ class ElasticsearchStandin:
         }
         if index.hidden:
             flat["index.hidden"] = "true"
+        if index.lifecycle is not None:
+            flat["index.lifecycle.name"] = index.lifecycle
         if index.closed:
             flat["index.verified_before_close"] = "true"
         return flat
@@ -775,6 +825,58 @@ class ElasticsearchStandin:
                 settings = {k: v for k, v in settings.items() if any(_glob(k, w) for w in wanted)}
             answer[name] = {"settings": settings if flat else _nest(settings)}
         return answer
+
+    def _get_indices(self, targets: str, query: Mapping[str, str]) -> dict[str, Any]:
+        # rest-api-spec indices.get: expand_wildcards defaults to "open".
+        found = self._resolve(
+            targets,
+            _expand(query.get("expand_wildcards", "open")),
+            ignore_unavailable=_bool(query.get("ignore_unavailable"), default=False),
+            allow_no_indices=_bool(query.get("allow_no_indices"), default=True),
+        )
+        features = _split(query.get("features", "aliases,mappings,settings"))
+        flat = _bool(query.get("flat_settings"), default=False)
+        answer: dict[str, Any] = {}
+        for name in sorted(found):
+            settings = self._settings(self.indices[name]) if "settings" in features else {}
+            entry: dict[str, Any] = {
+                "aliases": self._aliases_of(name) if "aliases" in features else {},
+                "mappings": {},
+                "settings": settings if flat else _nest(settings),
+            }
+            stream = next((s.name for s in self.data_streams.values() if name in s.indices), None)
+            if stream is not None:
+                entry["data_stream"] = stream
+            answer[name] = entry
+        return answer
+
+    def _aliases_of(self, index: str, names: list[str] | None = None) -> dict[str, Any]:
+        """An index's aliases as AliasMetadata prints them: is_write_index only when set."""
+        return {
+            alias: {} if members[index] is None else {"is_write_index": members[index]}
+            for alias, members in sorted(self.aliases.items())
+            if index in members and (names is None or any(_glob(alias, n) for n in names))
+        }
+
+    def _get_aliases(self, names: str | None, query: Mapping[str, str]) -> tuple[int, Any]:
+        wanted = _split(names) if names is not None else None
+        indices = self._resolve(
+            "*",
+            _expand(query.get("expand_wildcards", "all")),
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
+        answer: dict[str, Any] = {}
+        for index in sorted(indices):
+            aliases = self._aliases_of(index, wanted)
+            if aliases or wanted is None:
+                answer[index] = {"aliases": aliases}
+        missing = [n for n in wanted or [] if "*" not in n and n not in self.aliases]
+        if missing:
+            # RestGetAliasesAction: the indices found, plus an error naming the missing ones.
+            noun = "alias" if len(missing) == 1 else "aliases"
+            return 404, {"error": f"{noun} [{','.join(missing)}] missing", "status": 404, **answer}
+        return 200, answer
 
     def _refuse_wildcards(self, targets: str) -> None:
         # DestructiveOperations.failDestructive with action.destructive_requires_name, true by
@@ -804,7 +906,8 @@ class ElasticsearchStandin:
             ignore_unavailable=_bool(query.get("ignore_unavailable"), default=False),
             allow_no_indices=_bool(query.get("allow_no_indices"), default=True),
         )
-        # MetadataDeleteIndexService: the whole request fails on a write index.
+        # MetadataDeleteIndexService: the whole request fails on a write index, or on an
+        # index a running snapshot holds.
         for name in names:
             for stream in self.data_streams.values():
                 if stream.indices and stream.indices[-1] == name:
@@ -812,10 +915,18 @@ class ElasticsearchStandin:
                         f"index [{name}] is the write index for data stream [{stream.name}] "
                         "and cannot be deleted"
                     )
+        held = [f"[{n}/{self.indices[n].uuid}]" for n in names if n in self.snapshotting]
+        if held:
+            raise EsError(
+                400,
+                "snapshot_in_progress_exception",
+                f"Cannot delete indices that are being snapshotted: [{', '.join(held)}]. Try "
+                "again after snapshot finishes or cancel the currently running snapshot.",
+            )
         for name in names:
             del self.indices[name]
             for members in self.aliases.values():
-                members.discard(name)
+                members.pop(name, None)
             for stream in self.data_streams.values():
                 if name in stream.indices:
                     stream.indices.remove(name)
@@ -1150,6 +1261,7 @@ class Cluster:
         *,
         hidden: bool = False,
         closed: bool = False,
+        lifecycle: str | None = None,
     ) -> str:
         settings: dict[str, Any] = {"number_of_shards": 1, "number_of_replicas": 0}
         if created is not None:
@@ -1157,19 +1269,25 @@ class Cluster:
             settings["creation_date"] = int(created.timestamp() * 1000)
         if hidden:
             settings["hidden"] = True
+        if lifecycle is not None:
+            # ILM accepts a policy name it does not know yet (the index waits for it).
+            settings["lifecycle"] = {"name": lifecycle}
         self.created.append(name)
         self.admin.indices.create(index=name, settings={"index": settings})
         if closed:
             self.admin.indices.close(index=name)
         return name
 
-    def create_data_stream(self, name: str, generations: int = 1) -> list[str]:
-        """A data stream with ``generations`` backing indices; returns them, write index last."""
+    def create_data_stream(
+        self, name: str, generations: int = 1, *, hidden: bool = False
+    ) -> list[str]:
+        """A data stream with ``generations`` backing indices; returns them, write index last.
+        A ``hidden`` one is matched by a wildcard only when it starts with a dot."""
         template = f"{self.prefix}-{len(self.templates)}-template"
         self.admin.indices.put_index_template(
             name=template,
             index_patterns=[f"{name}*"],
-            data_stream={},
+            data_stream={"hidden": True} if hidden else {},
             priority=500,
         )
         self.templates.append(template)
@@ -1183,8 +1301,8 @@ class Cluster:
         answer = self.admin.indices.get_data_stream(name=stream).body
         return [i["index_name"] for i in answer["data_streams"][0]["indices"]]
 
-    def add_alias(self, index: str, alias: str) -> None:
-        self.admin.indices.put_alias(index=index, name=alias)
+    def add_alias(self, index: str, alias: str, *, is_write_index: bool | None = None) -> None:
+        self.admin.indices.put_alias(index=index, name=alias, is_write_index=is_write_index)
 
     def existing(self) -> set[str]:
         """Every index of this test still on the server, hidden and closed ones included."""

@@ -9,7 +9,12 @@
 - ``Proxy``: a loopback HTTP proxy in front of a registry that counts requests, adds
   latency, injects faults (503s, invalid JSON, odd tag listings) and can paginate
   ``tags/list`` the way distribution 3 does (2.8.2 ignores ``n`` and answers every tag), or
-  the way a broken proxy does that drops ``last=`` and serves the first page again.
+  the way a broken proxy does that drops ``last=`` and serves the first page again. It can
+  also play a front-end as found in the wild: drop answer headers (``Docker-Content-Digest``),
+  rewrite statuses (202 to 200), or answer some requests itself (``gate``: e.g. a token
+  auth front-end that wants ``*`` for DELETE).
+- ``dangle``: makes a dangling tag in a registry's storage, as a manifest lost outside the
+  API leaves it: ``tags/list`` still lists the tag, its manifest is unknown.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import base64
 import hashlib
 import http.client
 import json
+import re
 import subprocess
 import threading
 import time
@@ -499,13 +505,21 @@ def request_kind(path: str) -> str:
     return "ping" if route == "/v2/" else "other"
 
 
+Exchange = tuple[int, dict[str, str], bytes]
+"""An answer: status, headers, body."""
+Gate = Callable[[str, str, dict[str, str]], Exchange | None]
+"""Answers a request (method, path, headers) itself, or None to forward it."""
+
+
 class Proxy:
     """A loopback HTTP proxy in front of ``upstream`` (plain HTTP).
 
     ``delay_s`` is added to every forwarded request (a registry across a network);
     ``page_size`` paginates tag listings, from the top every time with ``ignore_last``;
-    ``counts`` holds ``"METHOD kind"`` totals and ``paths`` every request line, so tests and
-    the benchmark count what actually reached the registry.
+    ``drop_headers`` (lower case) are removed from forwarded answers and ``statuses`` maps an
+    upstream status to the one answered; ``gate`` may answer a request before it is
+    forwarded. ``counts`` holds ``"METHOD kind"`` totals and ``paths`` every request line, so
+    tests and the benchmark count what actually reached the registry.
     """
 
     def __init__(
@@ -515,12 +529,18 @@ class Proxy:
         delay_s: float = 0.0,
         page_size: int | None = None,
         ignore_last: bool = False,
+        drop_headers: frozenset[str] = frozenset(),
+        statuses: dict[int, int] | None = None,
+        gate: Gate | None = None,
     ):
         target = urlsplit(upstream)
         self.upstream = (target.hostname or LOOPBACK, target.port or 80)
         self.delay_s = delay_s
         self.page_size = page_size
         self.ignore_last = ignore_last
+        self.drop_headers = drop_headers
+        self.statuses = statuses or {}
+        self.gate = gate
         self.faults: list[Fault] = []
         self.counts: Counter[str] = Counter()
         self.paths: list[tuple[str, str]] = []
@@ -595,6 +615,12 @@ class Proxy:
                 if fault is not None:
                     self._answer(fault.status, fault.headers, fault.body)
                     return
+                gated = (
+                    proxy.gate(self.command, self.path, dict(self.headers)) if proxy.gate else None
+                )
+                if gated is not None:
+                    self._answer(*gated)
+                    return
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
                 if (
@@ -605,7 +631,8 @@ class Proxy:
                     self._paginate(body)
                     return
                 status, headers, data = self._forward(self.command, self.path, body)
-                self._answer(status, headers, data)
+                headers = {k: v for k, v in headers.items() if k.lower() not in proxy.drop_headers}
+                self._answer(proxy.statuses.get(status, status), headers, data)
 
             def _forward(
                 self, method: str, path: str, body: bytes
@@ -667,6 +694,56 @@ class Proxy:
                     self.wfile.write(data)
 
         return Handler
+
+
+def scope_front_end(realm: str, delete_action: str = "*") -> Gate:
+    """A token-auth front-end before an open registry, as older registries and some
+    front-ends behave: a DELETE needs ``delete_action`` (``*``) in the token, a read needs
+    ``pull``; anything short of it gets a 401 challenge naming the scope it wants."""
+
+    def challenge(scope: str | None) -> Exchange:
+        header = f'Bearer realm="{realm}",service="{SERVICE}"'
+        if scope is not None:
+            header += f',scope="{scope}",error="insufficient_scope"'
+        body = json.dumps(
+            {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+        )
+        return (
+            401,
+            {"WWW-Authenticate": header, "Docker-Distribution-API-Version": "registry/2.0"},
+            body.encode(),
+        )
+
+    def gate(method: str, path: str, headers: dict[str, str]) -> Exchange | None:
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        claims = (
+            jwt.decode(token, options={"verify_signature": False}) if scheme == "Bearer" else None
+        )
+        route = urlsplit(path).path
+        if route == "/v2/":
+            return None if claims is not None else challenge(None)
+        named = re.fullmatch(r"/v2/(.+)/(?:manifests|tags|blobs)/.*", route)
+        if named is None:
+            return None
+        repository = named[1]
+        wanted = delete_action if method == "DELETE" else "pull"
+        granted = {
+            action
+            for entry in (claims or {}).get("access", [])
+            if entry.get("type") == "repository" and entry.get("name") == repository
+            for action in entry.get("actions", [])
+        }
+        return None if wanted in granted else challenge(f"repository:{repository}:{wanted}")
+
+    return gate
+
+
+def dangle(registry: Registry, repository: str, manifest: Manifest) -> None:
+    """Makes every tag on ``manifest`` dangling: its revision link goes from the storage (as a
+    half-finished cleanup or a lost file leaves it), the tags' own links stay."""
+    hex_digest = manifest.digest.removeprefix("sha256:")
+    revisions = registry.root / "data/docker/registry/v2/repositories" / repository / "_manifests"
+    (revisions / "revisions/sha256" / hex_digest / "link").unlink()
 
 
 # --- pytest fixtures (import them by name into a test module) --------------------------

@@ -50,6 +50,21 @@ SECRET = "p4ss-w0rd"
         ({"JANITOR_DRY_RUN": "perhaps"}, "must be true or false"),
         ({"JANITOR_LOG_AGE_SOURCE": "mtime"}, "'mtime' is not one of"),
         ({"JANITOR_LOG_INDEX_PATTERNS": "*"}, "would address every index"),
+        # Issue 10: patterns that sweep another cluster, something else, or nothing at all.
+        (
+            {"JANITOR_LOG_INDEX_PATTERNS": "remote:fluentd.*"},
+            "JANITOR_LOG_INDEX_PATTERNS='remote:fluentd.*' (environment): pattern "
+            "'remote:fluentd.*' names a remote cluster",
+        ),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "fluentd.*,**"}, "pattern '**' would address every"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "-fluentd.*"}, "it starts with '-', which no index"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "_all"}, "it starts with '_'"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "+fluentd.*"}, "it starts with '+'"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "fluentd #1"}, "it holds ' ', which no index name"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "<fluentd-{now/d}>"}, "it holds '<', which no index"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": "Fluentd.*"}, "has capitals"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": ".ds-logs-airflow*"}, "name their data stream instead"),
+        ({"JANITOR_LOG_INDEX_PATTERNS": ".*"}, "would address every hidden data stream"),
         ({"JANITOR_LOG_TIMESTRING": "%Y.%q"}, "unsupported directive %q"),
         (
             {"JANITOR_PROMETHEUS_CA_BUNDLE": "/nonexistent/ca.pem"},
@@ -98,6 +113,20 @@ def test_invalid_settings_exit_2_with_one_line_naming_setting_and_value(
     assert err.startswith("janitor: invalid configuration: ")
     assert expected in err
     assert SECRET not in err
+
+
+def test_a_pattern_may_name_a_hidden_data_stream() -> None:
+    """Issue 10: a leading dot is allowed (README "Configuration"); the safety rules decide
+    what of it may go."""
+    settings = load_settings(
+        {},
+        {
+            "JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9200",
+            "JANITOR_LOG_INDEX_PATTERNS": "fluentd.*,.logs-airflow",
+        },
+    )
+
+    assert settings.log_index_patterns == ("fluentd.*", ".logs-airflow")
 
 
 def test_nothing_configured_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:

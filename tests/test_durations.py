@@ -1,4 +1,5 @@
-"""Prometheus duration strings: parsed as Prometheus parses them, formatted for events."""
+"""Prometheus durations and byte sizes: parsed as Prometheus parses them, printed as it prints
+them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from janitor.durations import format_duration, parse_duration
+from janitor.durations import format_bytes, format_duration, parse_bytes, parse_duration
 
 PARSED = [
     ("15d", timedelta(days=15)),
@@ -108,3 +109,37 @@ def test_format_refuses_what_prometheus_cannot_express(duration: timedelta) -> N
     """Negative or sub-millisecond durations have no Prometheus spelling and are refused."""
     with pytest.raises(ValueError, match="milliseconds"):
         format_duration(duration)
+
+
+# (flag or field value, bytes, as Prometheus prints it): units.ParseBase2Bytes and
+# Base2Bytes.String, which Prometheus uses for storage.tsdb.retention.size.
+SIZES = [
+    ("1500MB", 1500 * 2**20, "1GiB476MiB"),
+    ("1GiB476MiB", 1500 * 2**20, "1GiB476MiB"),
+    ("10GB", 10 * 2**30, "10GiB"),
+    ("512MiB", 512 * 2**20, "512MiB"),
+    ("1.5GB", 3 * 2**29, "1GiB512MiB"),
+    ("1KB", 1024, "1KiB"),
+    ("1025B", 1025, "1KiB1B"),
+    ("3EB", 3 * 2**60, "3EiB"),
+    ("0", 0, "0B"),
+    ("0B", 0, "0B"),
+]
+
+
+@pytest.mark.parametrize(("text", "count", "printed"), SIZES)
+def test_sizes_are_powers_of_1024_printed_in_compound_units(
+    text: str, count: int, printed: str
+) -> None:
+    """1500MB is 1500 MiB, and Prometheus shows it as 1GiB476MiB; the janitor reads both."""
+    assert parse_bytes(text) == count
+    assert format_bytes(count) == printed
+    assert parse_bytes(printed) == count
+
+
+@pytest.mark.parametrize("text", ["", "1500", "MB", "15d", "1GiB476MB", "1.5 GB", "1kB", "8EiB"])
+def test_a_size_prometheus_refuses_is_refused_naming_it(text: str) -> None:
+    """No unit, mixed spellings, SI kB, or past int64: refused as Prometheus refuses them."""
+    with pytest.raises(ValueError, match="not a Prometheus byte size") as refused:
+        parse_bytes(text)
+    assert repr(text) in str(refused.value)

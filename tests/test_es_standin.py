@@ -220,6 +220,101 @@ def test_get_data_stream_is_404_for_a_missing_name_and_empty_for_an_unmatched_wi
     assert answer.body == {"data_streams": []}
 
 
+def test_the_get_index_api_shows_aliases_settings_and_the_data_stream_of_a_backing_index(
+    es_cluster: Cluster,
+) -> None:
+    """GET /<targets> answers aliases (is_write_index only where set), mappings, settings
+    (index.lifecycle.name among them) and, for a backing index, its data_stream."""
+    created = datetime(2026, 11, 1, tzinfo=UTC)
+    policy = f"{es_cluster.prefix}-policy"
+    index = es_cluster.create_index(es_cluster.name("fluentd", "a"), created, lifecycle=policy)
+    writes, plain = f"{es_cluster.prefix}-writes", f"{es_cluster.prefix}-plain"
+    es_cluster.add_alias(index, writes, is_write_index=True)
+    es_cluster.add_alias(index, plain)
+    stream = es_cluster.name("vector", "stream")
+    (backing,) = es_cluster.create_data_stream(stream)
+
+    full = es_cluster.admin.indices.get(index=index).body[index]
+    trimmed = es_cluster.admin.indices.get(
+        index=[index, backing],
+        filter_path=["*.aliases", "*.data_stream", "*.settings.index.lifecycle.name"],
+    ).body
+
+    assert set(full) >= {"aliases", "mappings", "settings"}
+    assert full["aliases"] == {plain: {}, writes: {"is_write_index": True}}
+    assert full["settings"]["index"]["creation_date"] == str(int(created.timestamp() * 1000))
+    assert trimmed[index] == {
+        "aliases": {plain: {}, writes: {"is_write_index": True}},
+        "settings": {"index": {"lifecycle": {"name": policy}}},
+    }
+    assert trimmed[backing]["data_stream"] == stream
+
+
+def test_get_alias_lists_every_index_of_the_named_aliases_and_404s_a_missing_one(
+    es_cluster: Cluster,
+) -> None:
+    """GET _alias/<names> answers each index holding one of them, hidden ones included; a
+    missing name is a 404 that still lists what was found."""
+    first = es_cluster.create_index(es_cluster.name("fluentd", "first"))
+    hidden = es_cluster.create_index(es_cluster.name("fluentd", "hidden"), hidden=True)
+    alias, missing = f"{es_cluster.prefix}-shared", f"{es_cluster.prefix}-missing"
+    for index in (first, hidden):
+        es_cluster.add_alias(index, alias, is_write_index=index == first)
+
+    found = es_cluster.admin.indices.get_alias(name=alias, expand_wildcards="all").body
+    with pytest.raises(NotFoundError) as refused:
+        es_cluster.admin.indices.get_alias(name=[alias, missing], expand_wildcards="all")
+
+    assert found == {
+        first: {"aliases": {alias: {"is_write_index": True}}},
+        hidden: {"aliases": {alias: {"is_write_index": False}}},
+    }
+    assert refused.value.body == {"error": f"alias [{missing}] missing", "status": 404, **found}
+
+
+def test_a_dot_wildcard_reaches_hidden_dot_names_and_no_other_hidden_ones(
+    es_cluster: Cluster,
+) -> None:
+    """A wildcard starting with "." matches hidden indices and data streams whose names
+    start with "." without expand_wildcards=hidden; other hidden names stay out."""
+    dotted = es_cluster.create_index(f".{es_cluster.prefix}-logs-x", hidden=True)
+    stream = f".{es_cluster.prefix}-logs-stream"
+    (backing,) = es_cluster.create_data_stream(stream, hidden=True)
+    es_cluster.create_index(es_cluster.name("fluentd", "hidden"), hidden=True)
+
+    listing = es_cluster.admin.indices.get(
+        index=[f".{es_cluster.prefix}-logs-*", f"fluentd.{es_cluster.prefix}-*"],
+        expand_wildcards="open,closed",
+        filter_path=["*.settings.index.hidden"],
+    ).body
+    streams = es_cluster.admin.indices.get_data_stream(name=f".{es_cluster.prefix}-logs-*").body
+
+    assert set(listing) == {dotted, backing}
+    assert [s["name"] for s in streams["data_streams"]] == [stream]
+
+
+def test_deleting_an_index_a_snapshot_holds_is_refused_naming_it() -> None:
+    """400 snapshot_in_progress_exception naming [name/uuid]; nothing of the batch goes."""
+    standin_only()
+    with running_standin() as standin:
+        for name in ("held", "free"):
+            standin.add_index(name, datetime.now(UTC))
+        standin.start_snapshot("held")
+        admin = Elasticsearch(standin.url)
+
+        with pytest.raises(BadRequestError) as refused:
+            admin.indices.delete(index=["free", "held"])
+
+        error = refused.value.body["error"]
+        held = f"held/{standin.indices['held'].uuid}"
+        assert error["type"] == "snapshot_in_progress_exception"
+        assert error["reason"] == (
+            f"Cannot delete indices that are being snapshotted: [[{held}]]. Try again after "
+            "snapshot finishes or cancel the currently running snapshot."
+        )
+        assert standin.index_names() == {"held", "free"}
+
+
 def test_delete_by_an_alias_name_is_refused(es_cluster: Cluster) -> None:
     """DELETE /<alias> is a 400: deletes take concrete index names only."""
     index = es_cluster.create_index(es_cluster.name("fluentd", "real"))

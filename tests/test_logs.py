@@ -8,6 +8,7 @@ security, TLS) or count requests say so and need the stand-in.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from elastic_transport import TransportError
+from elasticsearch import Elasticsearch
 
 from janitor.clients.elasticsearch import (
     check_elasticsearch,
@@ -27,7 +29,7 @@ from janitor.config import load_settings
 from janitor.errors import ConfigurationError
 from janitor.naming import name_date_pattern
 from janitor.plan import Result, Step
-from janitor.sweepers.logs import EVENT, MAX_REQUEST_LINE, plan_logs
+from janitor.sweepers.logs import EVENT, MAX_REQUEST_LINE, LogRetention, plan_logs, sweeper
 from tests.es_standin import (
     Cluster,
     Grants,
@@ -61,6 +63,18 @@ def plan(
         age_source=age_source,
         timestring=timestring,
         now=now,
+    )
+
+
+def plan_pattern(es: Any, pattern: str) -> list[Step]:
+    """The plan for ``pattern`` with every other setting at its default, at ``NOW``."""
+    return plan_logs(
+        es,
+        patterns=[pattern],
+        retention_days=15,
+        age_source="creation_date",
+        timestring="%Y.%m.%d",
+        now=NOW,
     )
 
 
@@ -117,10 +131,10 @@ def test_expired_log_indices_go_in_one_delete_and_young_ones_stay(es_cluster: Cl
             if f"*{es_cluster.prefix}*" not in r.target  # the test's own existing() calls
         ]
         assert sent == [
-            f"GET /fluentd.{es_cluster.prefix}-*,vector.{es_cluster.prefix}-*/_settings"
+            f"GET /fluentd.{es_cluster.prefix}-*,vector.{es_cluster.prefix}-*"
             "?allow_no_indices=true&expand_wildcards=open,closed"
-            "&filter_path=*.settings.index.creation_date,*.settings.index.hidden"
-            "&ignore_unavailable=true HTTP/1.1",
+            "&filter_path=*.aliases,*.settings.index.creation_date,*.settings.index.hidden,"
+            "*.settings.index.lifecycle.name&ignore_unavailable=true HTTP/1.1",
             f"DELETE /{','.join(sorted([closed, old_fluentd, old_vector]))} HTTP/1.1",
         ]
 
@@ -263,6 +277,175 @@ def test_one_index_refusing_deletion_does_not_block_its_batch(es_cluster: Cluste
     assert es_cluster.existing() == {elsewhere}
 
 
+def test_an_index_held_by_a_snapshot_fails_alone_and_the_rest_go_in_one_more_request() -> None:
+    """A 400 snapshot_in_progress_exception names the index a running snapshot holds: it is
+    failed with that error, the five others go in one more DELETE, not a halving search."""
+    standin_only()
+    with running_standin() as standin:
+        names = [f"fluentd.r{i}.2026.10.01" for i in range(6)]
+        for name in names:
+            standin.add_index(name, NOW - 40 * DAY)
+        standin.start_snapshot(names[2])
+        es = connect(standin.url)
+        steps = plan_pattern(es, "fluentd.*")
+
+        outcomes = run(steps)
+
+        assert {n: r.outcome for n, r in outcomes.items()} == {
+            **dict.fromkeys(names, "done"),
+            names[2]: "failed",
+        }
+        assert str(outcomes[names[2]].error).startswith(
+            "HTTP 400 snapshot_in_progress_exception: Cannot delete indices that are being "
+            f"snapshotted: [[{names[2]}/"
+        )
+        assert standin.index_names() == {names[2]}
+        assert len(request_lines(standin, "DELETE")) == 2
+
+
+def test_the_write_index_of_an_alias_is_never_deleted(es_cluster: Cluster) -> None:
+    """An alias's write index stays, skipped naming the alias: is_write_index true, or the
+    only index of an alias that leaves it unset. Indices sharing an unset alias, or holding
+    it with is_write_index false, go; an alias that also holds an index the patterns do not
+    reach costs one GET _alias to count its indices."""
+
+    def old(name: str) -> str:
+        return es_cluster.create_index(es_cluster.name("fluentd", name), NOW - 30 * DAY)
+
+    def alias(name: str) -> str:
+        return f"{es_cluster.prefix}-alias-{name}"
+
+    writer, reader = old("writer.2026.10.01"), old("reader.2026.10.01")
+    es_cluster.add_alias(writer, alias("logs"), is_write_index=True)
+    es_cluster.add_alias(reader, alias("logs"))
+    solo = old("solo.2026.10.01")
+    es_cluster.add_alias(solo, alias("solo"))
+    pair = [old("pair-a.2026.10.01"), old("pair-b.2026.10.01")]
+    for index in pair:
+        es_cluster.add_alias(index, alias("pair"))
+    spread = old("spread.2026.10.01")
+    archive = es_cluster.create_index(f"{es_cluster.prefix}-archive", NOW - 30 * DAY)
+    for index in (spread, archive):
+        es_cluster.add_alias(index, alias("spread"))
+    switched_off = old("off.2026.10.01")
+    es_cluster.add_alias(switched_off, alias("off"), is_write_index=False)
+    before = len(es_cluster.standin.requests) if es_cluster.standin else 0
+
+    steps = plan(es_cluster)
+    outcomes = run(steps)
+
+    assert outcomes == {
+        writer: Result("skipped", reason=f"write index of alias [{alias('logs')}]"),
+        solo: Result("skipped", reason=f"write index of alias [{alias('solo')}]"),
+        **dict.fromkeys([reader, *pair, spread, switched_off], Result("done")),
+    }
+    assert es_cluster.existing() == {writer, solo, archive}
+    if es_cluster.standin is not None:
+        sent = [
+            r.line.split("?")[0]
+            for r in es_cluster.standin.requests[before:]
+            if f"*{es_cluster.prefix}*" not in r.target  # the test's own existing() call
+        ]
+        assert sent[1] == f"GET /_alias/{alias('solo')},{alias('spread')}"
+        assert [line.split(" ")[0] for line in sent] == ["GET", "GET", "DELETE"]
+
+
+def test_indices_an_ilm_policy_manages_are_left_to_it(es_cluster: Cluster) -> None:
+    """index.lifecycle.name set: skipped naming the policy, however old; the others go."""
+    policy = f"{es_cluster.prefix}-logs-policy"
+    managed = es_cluster.create_index(
+        es_cluster.name("vector", "managed.2026.10.01"), NOW - 30 * DAY, lifecycle=policy
+    )
+    unmanaged = es_cluster.create_index(
+        es_cluster.name("vector", "unmanaged.2026.10.01"), NOW - 30 * DAY
+    )
+
+    outcomes = run(plan(es_cluster))
+
+    assert outcomes == {
+        managed: Result("skipped", reason=f"managed by ILM policy [{policy}]"),
+        unmanaged: Result("done"),
+    }
+    assert es_cluster.existing() == {managed}
+
+
+@pytest.mark.parametrize("wildcard", [False, True], ids=["by-name", "by-dot-pattern"])
+def test_a_hidden_data_stream_named_with_a_leading_dot_gives_up_its_old_backing_indices(
+    es_cluster: Cluster, wildcard: bool
+) -> None:
+    """Issue 10: a pattern may name a hidden data stream (.logs-airflow): its old backing
+    indices go, its write index stays; a hidden dot index the same pattern reaches stays,
+    as every other hidden or system index does."""
+    stream = f".{es_cluster.prefix}-logs-airflow"
+    *older, write = es_cluster.create_data_stream(stream, generations=3, hidden=True)
+    stray = es_cluster.create_index(f".{es_cluster.prefix}-logs-stray", NOW - 30 * DAY, hidden=True)
+    later = datetime.now(UTC) + 40 * DAY
+    pattern = f".{es_cluster.prefix}-logs-*" if wildcard else stream
+
+    outcomes = run(plan(es_cluster, later, patterns=[pattern]))
+
+    expected = {
+        **dict.fromkeys(older, Result("done")),
+        write: Result("skipped", reason=f"write index of data stream [{stream}]"),
+    }
+    if wildcard:
+        expected[stray] = Result("skipped", reason="system or hidden index (name starts with '.')")
+    assert outcomes == expected
+    assert es_cluster.backing_indices(stream) == [write]
+    assert es_cluster.existing() == {write, stray}
+
+
+def test_a_system_data_stream_is_never_swept(es_cluster: Cluster) -> None:
+    """A data stream Elasticsearch owns keeps all its backing indices, named by a pattern or
+    not."""
+    standin_only()
+    assert es_cluster.standin is not None
+    stream = es_cluster.name("vector", "system")
+    *older, write = es_cluster.create_data_stream(stream, generations=2)
+    es_cluster.standin.mark_system(stream)
+
+    outcomes = run(plan(es_cluster, datetime.now(UTC) + 40 * DAY))
+
+    assert outcomes == {
+        older[0]: Result("skipped", reason=f"backing index of system data stream [{stream}]"),
+        write: Result("skipped", reason=f"write index of data stream [{stream}]"),
+    }
+
+
+def test_a_sweep_costs_one_request_per_read_and_per_full_delete_line() -> None:
+    """With a hidden data stream, an alias to count and 400 long names past the window, the
+    whole sweep (version check included) sends 1 + ⌈names / 4 KB⌉ + 3 requests."""
+    standin_only()
+    with running_standin() as standin:
+        admin = Cluster(standin.url, Elasticsearch(standin.url), "bench", standin)
+        names = [f"fluentd.quasar-{i:04d}-{'x' * 30}.2026.10.01" for i in range(400)]
+        for name in names:
+            standin.add_index(name, NOW - 30 * DAY)
+        admin.add_alias(names[0], "all-logs")
+        admin.add_alias("fluentd.quasar-0001-" + "x" * 30 + ".2026.10.01", "all-logs")
+        admin.add_alias(names[2], "archive-logs")
+        admin.create_index("archive", NOW - 30 * DAY)
+        admin.add_alias("archive", "archive-logs")
+        admin.create_data_stream(".logs-airflow", generations=2, hidden=True)
+        retention = LogRetention(("fluentd.*", ".logs-airflow"), retention_days=15)
+        before = len(standin.requests)
+
+        steps = sweeper(lambda: connect(standin.url), standin.url, retention, NOW).plan()
+        outcomes = run(steps)
+
+        sent = [r.line for r in standin.requests[before:]]
+        names_bytes = len(",".join(names))
+        assert {r.outcome for r in outcomes.values()} == {"done"}
+        assert len(sent) <= 1 + math.ceil(names_bytes / MAX_REQUEST_LINE) + 3
+        assert [line.split(" ")[1].split("?")[0] for line in sent[:4]] == [
+            "/",
+            "/fluentd.*,.logs-airflow",
+            "/_data_stream/fluentd.*,.logs-airflow*",
+            "/_alias/archive-logs",
+        ]
+        assert len(sent) == 4 + len([s for s in steps if s.run is not None])
+
+
 def test_batches_fill_the_request_line_and_never_overflow_it() -> None:
     """1,000 long, partly non-ASCII names: as few DELETEs as 4 KB lines allow, none refused."""
     standin_only()
@@ -275,14 +458,7 @@ def test_batches_fill_the_request_line_and_never_overflow_it() -> None:
             standin.add_index(name, NOW - 30 * DAY)
         es = connect(standin.url)
 
-        steps = plan_logs(
-            es,
-            patterns=["fluentd.*"],
-            retention_days=15,
-            age_source="creation_date",
-            timestring="%Y.%m.%d",
-            now=NOW,
-        )
+        steps = plan_pattern(es, "fluentd.*")
         outcomes = run(steps)
 
         deletes = request_lines(standin, "DELETE")
@@ -302,14 +478,7 @@ def test_batches_are_independent_and_may_run_concurrently() -> None:
     with running_standin() as standin:
         for i in range(600):
             standin.add_index(f"vector.release-{i:04d}.2026.10.01", NOW - 30 * DAY)
-        steps = plan_logs(
-            connect(standin.url),
-            patterns=["vector.*"],
-            retention_days=15,
-            age_source="creation_date",
-            timestring="%Y.%m.%d",
-            now=NOW,
-        )
+        steps = plan_pattern(connect(standin.url), "vector.*")
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = list(pool.map(lambda s: s.run() if s.run else [], steps))
@@ -324,14 +493,7 @@ def test_a_429_is_retried_and_the_batch_still_goes() -> None:
     standin_only()
     with running_standin() as standin:
         standin.add_index("fluentd.quasar.2026.10.01", NOW - 30 * DAY)
-        steps = plan_logs(
-            connect(standin.url),
-            patterns=["fluentd.*"],
-            retention_days=15,
-            age_source="creation_date",
-            timestring="%Y.%m.%d",
-            now=NOW,
-        )
+        steps = plan_pattern(connect(standin.url), "fluentd.*")
         standin.fail_next("DELETE", 429)
 
         outcomes = run(steps)
@@ -348,14 +510,7 @@ def test_a_batch_failing_after_its_retries_is_failed_with_the_server_error() -> 
         es = connect_elasticsearch(
             standin.url, username=None, password=None, api_key=None, ca_bundle=None, retries=1
         )
-        steps = plan_logs(
-            es,
-            patterns=["fluentd.*"],
-            retention_days=15,
-            age_source="creation_date",
-            timestring="%Y.%m.%d",
-            now=NOW,
-        )
+        steps = plan_pattern(es, "fluentd.*")
         standin.fail_next("DELETE", 503, times=2)
 
         outcomes = run(steps)
@@ -374,14 +529,7 @@ def test_a_429_asking_for_an_hour_fails_the_batch_at_once() -> None:
     standin_only()
     with running_standin() as standin:
         standin.add_index("fluentd.quasar.2026.10.01", NOW - 30 * DAY)
-        steps = plan_logs(
-            connect(standin.url),
-            patterns=["fluentd.*"],
-            retention_days=15,
-            age_source="creation_date",
-            timestring="%Y.%m.%d",
-            now=NOW,
-        )
+        steps = plan_pattern(connect(standin.url), "fluentd.*")
         standin.fail_next("DELETE", 429, times=5, retry_after="3600")
 
         outcomes = finishes(lambda: run(steps))
@@ -404,16 +552,7 @@ def test_elasticsearch_9_is_swept_through_rest_compatibility() -> None:
         es = connect(standin.url)
 
         version = verify_elasticsearch(es, standin.url)
-        outcomes = run(
-            plan_logs(
-                es,
-                patterns=["vector.*"],
-                retention_days=15,
-                age_source="creation_date",
-                timestring="%Y.%m.%d",
-                now=NOW,
-            )
-        )
+        outcomes = run(plan_pattern(es, "vector.*"))
 
         assert version == "9.1.0"
         assert outcomes == {"vector.quasar.2026.10.01": Result("done")}

@@ -1,17 +1,20 @@
-"""metrics.retention.check against real Prometheus servers (and, for the kubernetes source, a
-loopback Kubernetes API answering the client's exact GETs)."""
+"""metrics.retention.check against real Prometheus 2.42 servers; for the kubernetes source, a
+loopback Kubernetes API answering the client's exact GETs; for Prometheus 3.x, which cannot
+be installed here, a loopback fake serving 3.x answers built from its sources."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from janitor.clients.prometheus import connect_prometheus
+from janitor.clients.prometheus import api_data, connect_prometheus
 from janitor.config import load_settings
 from janitor.errors import ConfigurationError
 from janitor.plan import Action, Outcome, Result, Sweeper
@@ -19,8 +22,11 @@ from janitor.redact import without_credentials
 from janitor.sweepers.metrics import (
     EVENT,
     Kind,
+    Retention,
+    RetentionUnreadable,
     kubernetes_retention,
     kubernetes_target,
+    parse_storage_retention,
     read_retention,
     retention_from_flags,
     sweeper,
@@ -29,6 +35,7 @@ from tests.loopback import Tls, finishes, free_port, make_tls
 from tests.prometheus_server import (
     Answer,
     LoopbackServer,
+    Request,
     bearer_proxy,
     kubernetes_api,
     login_page,
@@ -99,6 +106,27 @@ CASES = {
         "10d",
         "10GiB",
         reason=f"Prometheus keeps 10d (or less, once 10GiB are used), configured 15d: {FIX}",
+    ),
+    # Issue 10: runtimeinfo prints 1500MB as "15d or 1GiB476MiB", which failed every night.
+    "15d and 1500MB": Case(
+        ("--storage.tsdb.retention.time=15d", "--storage.tsdb.retention.size=1500MB"),
+        "ok",
+        "15d",
+        "1GiB476MiB",
+    ),
+    "1500MB only": Case(
+        ("--storage.tsdb.retention.size=1500MB",),
+        "mismatch",
+        None,
+        "1GiB476MiB",
+        reason=f"size-only retention (1GiB476MiB), no time limit: {FIX}",
+    ),
+    "10d and 1.5GB": Case(
+        ("--storage.tsdb.retention.time=10d", "--storage.tsdb.retention.size=1.5GB"),
+        "mismatch",
+        "10d",
+        "1GiB512MiB",
+        reason=f"Prometheus keeps 10d (or less, once 1GiB512MiB are used), configured 15d: {FIX}",
     ),
 }
 
@@ -190,7 +218,8 @@ def test_flags_imply_what_runtimeinfo_reports(prometheus: Server) -> None:
     """For servers without runtimeinfo, the flags fallback derives the same retention."""
     client = connect(prometheus.url)
 
-    from_flags = retention_from_flags(client, prometheus.url)
+    flags = api_data(client, prometheus.url, "/api/v1/status/flags")
+    from_flags = retention_from_flags(flags, prometheus.url)
     effective = read_retention(client, prometheus.url)
 
     assert (from_flags.time, from_flags.size) == (effective.time, effective.size)
@@ -277,7 +306,10 @@ def test_bearer_token_passes_an_auth_proxy(plain_prometheus: str) -> None:
 
     assert action.planned == Result("ok")
     assert dict(action.fields) == {"expected": "15d", "actual": "15d"}
-    assert [r.headers["authorization"] for r in proxy.requests] == ["Bearer proxy-token"]
+    assert [(r.path, r.headers["authorization"]) for r in proxy.requests] == [
+        ("/api/v1/status/runtimeinfo", "Bearer proxy-token"),
+        ("/api/v1/status/flags", "Bearer proxy-token"),
+    ]
 
 
 def test_wrong_bearer_token_fails(plain_prometheus: str) -> None:
@@ -382,6 +414,131 @@ def test_an_agent_keeps_no_metrics(tmp_path: Path) -> None:
     assert "runs in agent mode and keeps no metrics" in (action.planned.error or "")
 
 
+STORAGE_RETENTION = {
+    # runtimeinfo's storageRetention in every shape Prometheus prints (web/web.go runtimeInfo:
+    # a time, a byte size, a disk share, each optional, in this order, joined by " or ").
+    "15d": Retention(timedelta(days=15)),
+    "2w1d": Retention(timedelta(days=15)),
+    "1GiB476MiB": Retention(None, "1GiB476MiB"),
+    "512MiB": Retention(None, "512MiB"),
+    "80%": Retention(None, "80%"),
+    "12.5%": Retention(None, "12.5%"),
+    "15d or 1GiB476MiB": Retention(timedelta(days=15), "1GiB476MiB"),
+    "15d or 80%": Retention(timedelta(days=15), "80%"),
+    "10d or 1GiB476MiB or 80%": Retention(timedelta(days=10), "1GiB476MiB or 80%"),
+    "1GiB476MiB or 80%": Retention(None, "1GiB476MiB or 80%"),
+}
+
+
+@pytest.mark.parametrize("text", list(STORAGE_RETENTION))
+def test_every_storage_retention_shape_reads_as_its_time_and_size_limits(text: str) -> None:
+    """The time part is what is compared; sizes and disk shares are size limits."""
+    assert parse_storage_retention(text, "http://prometheus:9090") == STORAGE_RETENTION[text]
+
+
+@pytest.mark.parametrize("text", ["15 days", "80% or 15d", "15d or 15d", "1GiB476MB", "15d or"])
+def test_a_storage_retention_prometheus_never_prints_fails_the_check(text: str) -> None:
+    """An answer in no shape Prometheus prints is a failed check naming it, never a guess."""
+    with pytest.raises(RetentionUnreadable, match=r"unexpected storageRetention|not a Prometheus"):
+        parse_storage_retention(text, "http://prometheus:9090")
+
+
+# Prometheus 3.x cannot be installed here (the Debian package is 2.42). These are its answers
+# as the v3 sources build them (web/web.go runtimeInfo, cmd/prometheus/main.go flags), served
+# by a loopback fake at the HTTP boundary: the janitor's own client reads them unchanged.
+PROMETHEUS_3_RUNTIMEINFO = {
+    "startTime": "2026-11-20T10:00:00.000Z",
+    "CWD": "/prometheus",
+    "hostname": "prometheus-0",
+    "serverTime": "2026-11-20T12:00:00.000Z",
+    "reloadConfigSuccess": True,
+    "lastConfigTime": "2026-11-20T10:00:00.000Z",
+    "corruptionCount": 0,
+    "goroutineCount": 88,
+    "GOMAXPROCS": 2,
+    "GOMEMLIMIT": 3703818240,
+    "GOGC": "75",
+    "GODEBUG": "",
+}
+# 3.x dropped --storage.tsdb.retention and has the --agent switch; unset flags read 0s / 0B.
+PROMETHEUS_3_FLAGS = {
+    "agent": "false",
+    "config.file": "/etc/prometheus/prometheus.yml",
+    "enable-feature": "",
+    "storage.tsdb.path": "/prometheus",
+    "storage.tsdb.retention.size": "0B",
+    "storage.tsdb.retention.time": "0s",
+    "web.listen-address": "0.0.0.0:9090",
+}
+
+
+def prometheus_3(storage_retention: str, **flags: str) -> Callable[[Request], Answer]:
+    """A Prometheus 3.x answering runtimeinfo and flags as above."""
+    answers = {
+        "/api/v1/status/runtimeinfo": PROMETHEUS_3_RUNTIMEINFO
+        | {"storageRetention": storage_retention},
+        "/api/v1/status/flags": PROMETHEUS_3_FLAGS | flags,
+    }
+
+    def respond(request: Request) -> Answer:
+        data = answers.get(request.path)
+        if data is None:
+            return Answer(404, b"404 page not found\n", "text/plain; charset=utf-8")
+        return Answer(200, json.dumps({"status": "success", "data": data}).encode())
+
+    return respond
+
+
+PROMETHEUS_3_CASES = {
+    # storage.tsdb.retention in prometheus.yml: the flags read 0s, runtimeinfo has the truth.
+    "config-file 30d": (
+        prometheus_3("30d"),
+        Result("mismatch", reason=f"Prometheus keeps 30d, configured 15d: {FIX}"),
+        "30d",
+        None,
+    ),
+    "config-file 15d and 80%": (prometheus_3("15d or 80%"), Result("ok"), "15d", "80%"),
+    "80% only": (
+        prometheus_3("80%"),
+        Result("mismatch", reason=f"size-only retention (80%), no time limit: {FIX}"),
+        None,
+        "80%",
+    ),
+    # --agent: runtimeinfo still shows the 15d default; only the flags tell.
+    "agent": (
+        prometheus_3("15d", agent="true"),
+        Result(
+            "failed",
+            error="Prometheus at {url} runs in agent mode and keeps no metrics: point "
+            "JANITOR_PROMETHEUS_URL at the Prometheus server that stores them",
+        ),
+        None,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PROMETHEUS_3_CASES))
+def test_prometheus_3_answers_are_read_as_prometheus_3_means_them(case: str) -> None:
+    """Prometheus 3.x: runtimeinfo decides (also for a config-file retention, with flags at
+    0s), disk shares are size limits, and --agent fails the check though runtimeinfo says 15d."""
+    respond, result, actual, size_limit = PROMETHEUS_3_CASES[case]
+    with serving(respond) as fake:
+        action = only_action(fake.url, connect(fake.url))
+
+    if result.error is not None:
+        result = Result("failed", error=result.error.format(url=fake.url))
+    assert action.planned == result
+    expected_fields: dict[str, Any] = {"expected": "15d", "actual": actual}
+    if size_limit is not None:
+        expected_fields["size_limit"] = size_limit
+    assert dict(action.fields) == expected_fields
+    assert [r.path for r in fake.requests] == [
+        "/api/v1/status/runtimeinfo",
+        "/api/v1/status/flags",
+    ]
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
@@ -471,6 +628,7 @@ KUBE_OBJECTS: dict[str, dict[str, Any]] = {
     OPERATOR_PATH + "short": operator_prometheus("short", retention="10d", retentionSize="10GB"),
     OPERATOR_PATH + "by-size": operator_prometheus("by-size", retentionSize="50GB"),
     OPERATOR_PATH + "defaulted": operator_prometheus("defaulted"),
+    OPERATOR_PATH + "sized": operator_prometheus("sized", retention="15d", retentionSize="1500MB"),
     STATEFUL_SET_PATH + "astronomer-prometheus": stateful_set(
         "astronomer-prometheus",
         {"configmap-reloader": RELOADER, "prometheus": ASTRONOMER_ARGS},
@@ -484,6 +642,15 @@ KUBE_OBJECTS: dict[str, dict[str, Any]] = {
     ),
     STATEFUL_SET_PATH + "sidecars-only": stateful_set(
         "sidecars-only", {"configmap-reloader": RELOADER}
+    ),
+    STATEFUL_SET_PATH + "by-size": stateful_set(
+        "by-size", {"prometheus": ["--storage.tsdb.retention.size", "1500MB"]}
+    ),
+    STATEFUL_SET_PATH + "agent": stateful_set(
+        "agent", {"prometheus": ["--config.file=/etc/prometheus/prometheus.yml", "--agent"]}
+    ),
+    STATEFUL_SET_PATH + "agent-2x": stateful_set(
+        "agent-2x", {"prometheus": ["--enable-feature=agent,exemplar-storage"]}
     ),
     STATEFUL_SET_PATH + "locked": {
         "kind": "Status",
@@ -516,6 +683,7 @@ class KubeCase:
     outcome: Outcome
     actual: str | None
     text: str | None = None  # the reason on mismatch, the error on failure
+    size_limit: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -533,15 +701,18 @@ KUBE_CASES = [
         "short",
         "mismatch",
         "10d",
-        f"Prometheus keeps 10d (or less, once 10GB are used), configured 15d: {FIX}",
+        f"Prometheus keeps 10d (or less, once 10GiB are used), configured 15d: {FIX}",
+        "10GiB",
     ),
     KubeCase(
         "prometheus",
         "by-size",
         "mismatch",
         None,
-        f"size-only retention (50GB), no time limit: {FIX}",
+        f"size-only retention (50GiB), no time limit: {FIX}",
+        "50GiB",
     ),
+    KubeCase("prometheus", "sized", "ok", "15d", size_limit="1GiB476MiB"),
     KubeCase(
         "prometheus",
         "defaulted",
@@ -566,6 +737,30 @@ KUBE_CASES = [
         None,
         "statefulset astronomer/sidecars-only has no container named prometheus nor one "
         "with --storage.tsdb flags",
+    ),
+    KubeCase(
+        "statefulset",
+        "by-size",
+        "mismatch",
+        None,
+        f"size-only retention (1GiB476MiB), no time limit: {FIX}",
+        "1GiB476MiB",
+    ),
+    KubeCase(
+        "statefulset",
+        "agent",
+        "failed",
+        None,
+        "statefulset astronomer/agent starts Prometheus that runs in agent mode and keeps no "
+        "metrics: point JANITOR_PROMETHEUS_NAME at the Prometheus server that stores them",
+    ),
+    KubeCase(
+        "statefulset",
+        "agent-2x",
+        "failed",
+        None,
+        "statefulset astronomer/agent-2x starts Prometheus that runs in agent mode and keeps "
+        "no metrics: point JANITOR_PROMETHEUS_NAME at the Prometheus server that stores them",
     ),
     KubeCase(
         "statefulset",
@@ -601,6 +796,7 @@ def test_kubernetes_source_reads_the_declared_retention(
     assert action.target == f"kubernetes:{case.namespace}/{case.kind}/{case.name}"
     assert action.fields["expected"] == "15d"
     assert action.fields["actual"] == case.actual
+    assert action.fields.get("size_limit") == case.size_limit
     assert action.planned.outcome == case.outcome
     assert (action.planned.reason or action.planned.error) == case.text
     assert [(r.method, r.path) for r in kube_api.requests] == [("GET", case.path)]

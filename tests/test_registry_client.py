@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -17,15 +18,18 @@ from tests.registry_server import (
     FAST,
     PASSWORD,
     READER,
+    USERNAME,
     Fault,
     Proxy,
     Registry,
+    TokenIssuer,
     basic_registry,
     connect,
     free_port,
     make_proxy,
     readonly_registry,
     registry,
+    scope_front_end,
     token_registry,
     unique_release,
 )
@@ -239,6 +243,27 @@ def test_resolves_each_tag_to_the_digest_the_registry_stores(registry: Registry)
     assert client.resolve_digest(name, "never-pushed") is None
 
 
+def test_without_a_digest_header_an_answer_that_is_no_manifest_is_refused(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """A front-end that drops Docker-Content-Digest and answers the GET with a login page:
+    no digest is guessed from bytes that are not a manifest; the error says why."""
+    name = repo()
+    registry.pusher().image(name, "1.0.0")
+    proxy = make_proxy(registry.url, drop_headers=frozenset({"docker-content-digest"}))
+    page = Fault("GET", "/manifests/", 200, b"<html>log in</html>", {"Content-Type": "text/html"})
+    proxy.inject(page)
+
+    with pytest.raises(RegistryError) as refused:
+        connect(registry, proxy.url).resolve_digest(name, "1.0.0")
+
+    assert str(refused.value) == (
+        f"registry answered {name}:1.0.0 as 'text/html' without a Docker-Content-Digest "
+        "header: its digest cannot be derived"
+    )
+    assert proxy.counts["HEAD manifests"] == proxy.counts["GET manifests"] == 1
+
+
 def test_deleting_a_digest_removes_every_tag_on_it_and_repeating_is_harmless(
     registry: Registry,
 ) -> None:
@@ -326,6 +351,37 @@ def test_token_flow_over_tls_fetches_one_token_per_scope(token_registry: Registr
         f"repository:{name}:pull",
     ]
     assert pusher.tags(name) == []
+
+
+def test_the_scope_asked_of_the_token_service_is_the_one_the_registry_challenges_with(
+    registry: Registry, make_proxy: MakeProxy, tmp_path: Path
+) -> None:
+    """A front-end wanting `*` for DELETE (older registries and some front-ends do): the
+    janitor asks the token service for the scope the 401 challenge names, and for the next
+    repository asks for `*` at once, without first being refused."""
+    issuer = TokenIssuer(tmp_path, {USERNAME: (PASSWORD, frozenset({"pull", "*"}))})
+    proxy = make_proxy(registry.url, gate=scope_front_end(issuer.url))
+    names = [repo(), repo()]
+    images = [registry.pusher().image(name, "1.0.0") for name in names]
+    client = connect(registry, proxy.url, username=USERNAME, password=PASSWORD)
+    try:
+        for name, image in zip(names, images, strict=True):
+            assert client.resolve_digest(name, "1.0.0") == image.digest
+            assert client.delete_manifest(name, image.digest)
+    finally:
+        issuer.close()
+
+    first, second = names
+    assert [scope for _, scope in issuer.issued] == [
+        "",  # the /v2/ login
+        f"repository:{first}:pull",
+        f"repository:{first}:delete",
+        f"repository:{first}:*",
+        f"repository:{second}:pull",
+        f"repository:{second}:*",
+    ]
+    assert [registry.pusher().tags(name) for name in names] == [[], []]
+    assert proxy.counts["DELETE manifests"] == 3, "refused once, then accepted twice"
 
 
 def test_token_is_fetched_again_when_it_expires(token_registry: Registry) -> None:

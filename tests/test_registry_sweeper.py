@@ -23,6 +23,7 @@ from tests.registry_server import (
     Proxy,
     Registry,
     connect,
+    dangle,
     free_port,
     make_proxy,
     readonly_registry,
@@ -110,6 +111,7 @@ def test_expired_deployments_lose_every_tag_and_nothing_else(
     assert not [p for _, p in proxy.paths if live in p]
     manifest_requests = proxy.counts["HEAD manifests"] + proxy.counts["DELETE manifests"]
     assert manifest_requests <= 2 * len(settled)
+    assert proxy.counts["GET manifests"] == 0, "the digest header makes a GET needless"
     assert proxy.counts["DELETE manifests"] == 4  # one per distinct digest
     assert works[f"id-{first}"].remaining[0]() is None
     assert works[f"id-{second}"].remaining[0]() is None
@@ -330,3 +332,97 @@ def test_requests_in_flight_never_exceed_the_concurrency(
     assert {r.outcome for _, r in settled} == {"done"}
     assert proxy.max_in_flight <= 3
     assert all(pusher.tags(f"{r}/airflow") == [] for r in releases)
+
+
+def test_behind_a_proxy_dropping_the_digest_header_and_answering_200_every_tag_goes(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """Issue 10: a front-end that drops Docker-Content-Digest and turns 202 into 200. Each
+    tag's digest is the sha256 of its manifest bytes (single-arch, Docker list, OCI index,
+    shared digests), every tag is done, and the row may go. HEADs are sent only until one
+    finds the header missing (those already in flight on the 4 workers), then one GET per
+    tag reads the bytes."""
+    pusher = registry.pusher()
+    release = unique_release("proxied")
+    single = pusher.image(f"{release}/airflow", "1.0.0")
+    pusher.put_manifest(f"{release}/airflow", "latest", single)
+    docker_list = pusher.index(f"{release}/airflow", "multi", oci=False)
+    oci_index = pusher.index(f"{release}/airflow", "oci", oci=True)
+    proxy = make_proxy(
+        registry.url, drop_headers=frozenset({"docker-content-digest"}), statuses={202: 200}
+    )
+    client = connect(registry, proxy.url)
+
+    (work,) = plan_registry(client, expired(release), TEMPLATE, executor).values()
+
+    assert {a.target: a.fields["digest"] for a, _ in planned(work)} == {
+        f"{release}/airflow:1.0.0": single.digest,
+        f"{release}/airflow:latest": single.digest,
+        f"{release}/airflow:multi": docker_list.digest,
+        f"{release}/airflow:oci": oci_index.digest,
+    }
+    settled = execute(work)
+    assert set(outcomes(settled).values()) == {"done"}
+    assert pusher.tags(f"{release}/airflow") == []
+    assert work.remaining[0]() is None
+    assert 1 <= proxy.counts["HEAD manifests"] <= 4
+    assert proxy.counts["GET manifests"] == 4
+    assert proxy.counts["DELETE manifests"] == 3  # one per distinct digest
+
+
+def test_a_dangling_tag_is_failed_never_absent_and_keeps_the_row(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """A tag tags/list still shows but whose manifest the registry lost: failed, saying it is
+    dangling and what to do, on every run; the healthy tags go, the row stays."""
+    pusher = registry.pusher()
+    release = unique_release("dangling")
+    lost = pusher.image(f"{release}/airflow", "lost", label="lost")
+    pusher.image(f"{release}/airflow", "1.0.0")
+    dangle(registry, f"{release}/airflow", lost)
+    proxy = make_proxy(registry.url)
+    client = connect(registry, proxy.url)
+
+    runs = []
+    for _ in range(2):
+        (work,) = plan_registry(client, expired(release), TEMPLATE, executor).values()
+        runs.append({a.target: r for a, r in execute(work)})
+        assert "dangling tag" in (work.remaining[0]() or "")
+
+    for settled in runs:
+        dangling = settled[f"{release}/airflow:lost"]
+        assert dangling.outcome == "failed"
+        assert (dangling.error or "").startswith(
+            f"dangling tag: {release}/airflow lists 'lost' but the registry has no manifest"
+        )
+        assert "repair the repository" in (dangling.error or "")
+    assert runs[0][f"{release}/airflow:1.0.0"].outcome == "done"
+    assert list(runs[1]) == [f"{release}/airflow:lost"]
+    assert pusher.tags(f"{release}/airflow") == ["lost"]
+    assert proxy.counts["GET tags"] == 2 * 2, "per run: the listing and one more, no probe"
+
+
+def test_a_tag_deleted_between_listing_and_lookup_is_absent(
+    registry: Registry, make_proxy: MakeProxy, executor: Executor
+) -> None:
+    """A 404 for a tag that a second listing no longer shows was a deletion (here by someone
+    else, just before the janitor's HEAD), not a dangling tag: absent, and the row may go."""
+    pusher = registry.pusher()
+    release = unique_release("raced")
+    image = pusher.image(f"{release}/airflow", "1.0.0")
+
+    def delete_first(method: str, path: str, _: dict[str, str]) -> None:
+        if method == "HEAD" and path.endswith("/manifests/1.0.0"):
+            url = f"{registry.url}/v2/{release}/airflow/manifests/{image.digest}"
+            assert pusher.session.delete(url).status_code == 202
+
+    proxy = make_proxy(registry.url, gate=delete_first)
+
+    (work,) = plan_registry(
+        connect(registry, proxy.url), expired(release), TEMPLATE, executor
+    ).values()
+
+    assert [(a.target, r.outcome) for a, r in planned(work)] == [
+        (f"{release}/airflow:1.0.0", "absent")
+    ]
+    assert work.remaining[0]() is None

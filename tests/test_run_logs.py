@@ -73,6 +73,27 @@ def test_logs_and_databases_in_one_run_share_the_houston_clock(
     assert run.outcomes("deployment.purge") == {release: "done"}
 
 
+def test_a_pattern_naming_a_hidden_data_stream_is_swept_not_refused(
+    es_cluster: Cluster,  # noqa: F811 - the imported fixture
+) -> None:
+    """Issue 10: JANITOR_LOG_INDEX_PATTERNS=fluentd.*,.logs-airflow was refused (exit 2); now
+    the run sweeps: the old fluentd index goes, the hidden stream keeps its young indices and
+    its write index, exit 0."""
+    stream = f".{es_cluster.prefix}-logs-airflow"
+    backing = es_cluster.create_data_stream(stream, generations=2, hidden=True)
+    old = es_cluster.create_index(
+        es_cluster.name("fluentd", "nova-1.old"), datetime.now(UTC) - timedelta(days=20)
+    )
+    env = log_env(es_cluster)
+    env["JANITOR_LOG_INDEX_PATTERNS"] = f"fluentd.{es_cluster.prefix}-*,{stream}"
+
+    run = janitor(["run"], env)
+
+    assert run.code == 0, run.events
+    assert run.outcomes("logs.index.delete") == {old: "done"}
+    assert set(backing) <= es_cluster.existing()
+
+
 @pytest.mark.parametrize("timestring", ["", " "])
 def test_an_empty_timestring_as_helm_renders_it_reads_names_with_the_default(
     es_cluster: Cluster,  # noqa: F811 - the imported fixture

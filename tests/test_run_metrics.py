@@ -69,3 +69,33 @@ def test_check_command_probes_prometheus(prometheus_10d: str) -> None:
 
     assert run.code == 0
     assert run.outcomes("check.component") == {"prometheus": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "outcome", "actual"),
+    [
+        (
+            ("--storage.tsdb.retention.time=15d", "--storage.tsdb.retention.size=1500MB"),
+            0,
+            "ok",
+            "15d",
+        ),
+        (("--storage.tsdb.retention.size=1500MB",), 3, "mismatch", None),
+    ],
+    ids=["15d-and-1500MB", "1500MB-only"],
+)
+def test_a_size_limit_printed_in_compound_units_is_read_not_failed(
+    tmp_path: Path, flags: tuple[str, ...], code: int, outcome: str, actual: str | None
+) -> None:
+    """Issue 10: Prometheus 2.42 shows --storage.tsdb.retention.size=1500MB as 1GiB476MiB; the
+    run judges the time part (exit 0), or a size-only limit as a mismatch (exit 3), not failed."""
+    with running_prometheus(tmp_path / "server", *flags) as url:
+        run = janitor(["run"], {"JANITOR_PROMETHEUS_URL": url})
+
+    assert run.code == code
+    (check,) = run.of("metrics.retention.check")
+    assert (check["outcome"], check["actual"], check["size_limit"]) == (
+        outcome,
+        actual,
+        "1GiB476MiB",
+    )

@@ -9,6 +9,7 @@ from tests.loopback import finishes
 from tests.registry_server import (  # noqa: F401 - pytest fixtures
     Proxy,
     Registry,
+    dangle,
     make_proxy,
     readonly_registry,
     registry,
@@ -152,3 +153,61 @@ def test_a_registry_looping_its_tag_pages_fails_that_repository_and_the_run_goes
     assert pusher.tags(f"{looping}/airflow") == ["1.0.0", "1.0.1", "1.0.2"]
     listings = [path for _, path in proxy.paths if f"{looping}/airflow/tags/list" in path]
     assert len(listings) == 2
+
+
+def test_behind_a_proxy_dropping_the_digest_header_the_row_is_purged(
+    houston: Houston,
+    env: dict[str, str],
+    registry: Registry,  # noqa: F811 - the imported fixture
+    make_proxy: Callable[..., Proxy],  # noqa: F811 - the imported fixture
+) -> None:
+    """Issue 10: a registry front-end that drops Docker-Content-Digest and answers DELETE
+    with 200 failed every tag on every run; now the tags go and the row is purged."""
+    release = houston.deployment("proxied", deleted_days_ago=20)
+    pusher = registry.pusher()
+    single = pusher.image(f"{release}/airflow", "1.0.0")
+    multi = pusher.index(f"{release}/airflow", "multi", oci=False)
+    proxy = make_proxy(
+        registry.url, drop_headers=frozenset({"docker-content-digest"}), statuses={202: 200}
+    )
+    env["JANITOR_REGISTRY_URL"] = proxy.url
+
+    run = janitor(["run"], env)
+
+    assert run.code == 0, run.events
+    assert {e["target"]: (e["outcome"], e["digest"]) for e in run.of("registry.tag.delete")} == {
+        f"{release}/airflow:1.0.0": ("done", single.digest),
+        f"{release}/airflow:multi": ("done", multi.digest),
+    }
+    assert run.outcomes("deployment.purge") == {release: "done"}
+    assert release not in houston.rows()
+    assert pusher.tags(f"{release}/airflow") == []
+
+
+def test_a_dangling_tag_fails_the_run_and_keeps_the_row_on_every_run(
+    houston: Houston,
+    env: dict[str, str],
+    registry: Registry,  # noqa: F811 - the imported fixture
+) -> None:
+    """A tag listed without a manifest (lost from storage): failed, exit 1, row kept, each
+    run, until an operator repairs the repository; the other tags go on the first run."""
+    release = houston.deployment("dangling", deleted_days_ago=20)
+    pusher = registry.pusher()
+    lost = pusher.image(f"{release}/airflow", "lost", label="lost")
+    pusher.image(f"{release}/airflow", "1.0.0")
+    dangle(registry, f"{release}/airflow", lost)
+    env["JANITOR_REGISTRY_URL"] = registry.url
+
+    first, second = janitor(["run"], env), janitor(["run"], env)
+
+    assert first.outcomes("registry.tag.delete") == {
+        f"{release}/airflow:1.0.0": "done",
+        f"{release}/airflow:lost": "failed",
+    }
+    assert second.outcomes("registry.tag.delete") == {f"{release}/airflow:lost": "failed"}
+    for run in (first, second):
+        assert run.code == 1
+        assert run.outcomes("deployment.purge") == {release: "skipped"}
+        (failure,) = [e for e in run.of("registry.tag.delete") if e["outcome"] == "failed"]
+        assert failure["error"].startswith("dangling tag: ")
+    assert release in houston.rows()

@@ -4,7 +4,10 @@ manifest, and a preflight for ``janitor check``.
 Protocol references: the distribution spec (docs/spec/api.md, docs/spec/auth/token.md) and
 the OCI distribution spec. Auth is learned from the ``/v2/`` ping: anonymous, HTTP basic,
 the Bearer token-service flow (one token per scope, cached until shortly before it expires,
-fetched again on a 401) or a static bearer token.
+fetched again on a 401, for the scope the registry's 401 challenge names) or a static
+bearer token. Answers are read as real registries and proxies give them (README "Registry
+answers"): a digest from the ``Docker-Content-Digest`` header or, where a proxy drops it, the
+sha256 of the manifest bytes; a DELETE accepted with 202 or 200.
 
 Every name that goes into a URL (repository, tag, digest) is checked against the spec's
 grammar first, so an odd answer from a registry can never steer a request elsewhere.
@@ -13,10 +16,11 @@ grammar first, so an odd answer from a registry can never steer a request elsewh
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,12 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 # Without the list/index types a registry answers a multi-arch tag with one platform's
 # child manifest (distribution rewrites the tag to linux/amd64), or 404 for an OCI index;
 # deleting that digest would leave the tag in place.
-MANIFEST_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX))
+MANIFEST_TYPES = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
+MANIFEST_ACCEPT = ", ".join(MANIFEST_TYPES)
+DIGEST_HEADER = "Docker-Content-Digest"
+# The distribution spec names 202 for an accepted manifest DELETE; some registries and
+# front-ends answer 200 (README "Registry answers").
+DELETED = frozenset({200, 202})
 
 # A digest no content can have: deleting it proves delete permission and that deletion is
 # enabled, and changes nothing.
@@ -125,6 +134,16 @@ def _error_detail(response: requests.Response) -> str:
     return text or "(empty body)"
 
 
+def _header_digest(response: requests.Response, repository: str, tag: str) -> str:
+    digest = response.headers[DIGEST_HEADER]
+    if not valid_digest(digest):
+        raise RegistryError(
+            f"registry answered {repository}:{tag} with an invalid {DIGEST_HEADER} header "
+            f"({digest[:80]!r})"
+        )
+    return digest
+
+
 def _error_codes(response: requests.Response) -> set[str]:
     try:
         body = response.json()
@@ -164,6 +183,12 @@ class RegistryClient:
         self._tokens: dict[str, _Token] = {}
         self._token_locks: dict[str, threading.Lock] = {}
         self._tokens_lock = threading.Lock()
+        # What the registry's 401 challenges named for an action ("delete" -> "*" on older
+        # registries and some front-ends), asked for directly from then on.
+        self._challenged_actions: dict[str, str] = {}
+        # Set once a manifest HEAD came back without a digest header (a proxy dropping it):
+        # from then on one GET gives both the bytes and any header, instead of HEAD + GET.
+        self._digest_header_dropped = False
         # JANITOR_CONCURRENCY bounds the requests in flight whichever threads send them
         # (executor workers, or a step's own thread helping while it waits), and matches
         # the connection pool so no connection is opened only to be discarded.
@@ -222,7 +247,7 @@ class RegistryClient:
             response = self._request("GET", url, repository)
             if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response):
                 return None
-            self._expect(response, 200, f"listing the tags of {repository}")
+            self._expect(response, {200}, f"listing the tags of {repository}")
             for tag in self._parse_tags(response, repository):
                 if tag in listed:
                     raise RegistryError(
@@ -249,22 +274,35 @@ class RegistryClient:
 
     def resolve_digest(self, repository: str, tag: str) -> str | None:
         """The digest stored for ``tag`` (the index itself for a multi-arch image), or None
-        when the tag or repository is gone."""
+        when the registry has no manifest for it (404: the tag or repository is gone, or the
+        tag is dangling).
+
+        The digest is the ``Docker-Content-Digest`` header of a ``HEAD``; when a registry or
+        proxy leaves it out, the sha256 of the exact manifest bytes of a ``GET`` with the
+        same ``Accept`` list (README "Registry answers").
+        """
         self._check_repository(repository)
         if not valid_tag(tag):
             raise RegistryError(f"{tag!r} is not a valid tag name; not touched")
         url = f"{self.base_url}/v2/{repository}/manifests/{quote(tag, safe='')}"
-        response = self._request("HEAD", url, repository, headers={"Accept": MANIFEST_ACCEPT})
-        if response.status_code == 404:
-            return None
-        self._expect(response, 200, f"resolving {repository}:{tag}")
-        digest = response.headers.get("Docker-Content-Digest", "")
-        if not valid_digest(digest):
+        headers = {"Accept": MANIFEST_ACCEPT}
+        for method in ("GET",) if self._digest_header_dropped else ("HEAD", "GET"):
+            response = self._request(method, url, repository, headers=headers)
+            if response.status_code == 404:
+                return None
+            self._expect(response, {200}, f"resolving {repository}:{tag}")
+            if DIGEST_HEADER in response.headers:
+                return _header_digest(response, repository, tag)
+            self._digest_header_dropped = True
+        media_type = response.headers.get("Content-Type", "").partition(";")[0].strip()
+        if media_type not in MANIFEST_TYPES:
+            # A schema1 signed manifest's digest is not that of its bytes, and anything else
+            # is not a manifest: no digest the janitor could prove.
             raise RegistryError(
-                f"registry answered {repository}:{tag} without a valid Docker-Content-Digest "
-                f"header ({digest[:80]!r})"
+                f"registry answered {repository}:{tag} as {media_type or 'no media type'!r} "
+                f"without a {DIGEST_HEADER} header: its digest cannot be derived"
             )
-        return digest
+        return "sha256:" + hashlib.sha256(response.content).hexdigest()
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Deletes the manifest ``digest`` and with it every tag pointing to it. False when it
@@ -278,7 +316,7 @@ class RegistryClient:
             return False
         if response.status_code == 405:
             raise RegistryError(DELETE_DISABLED)
-        self._expect(response, 202, f"deleting {repository}@{digest}")
+        self._expect(response, DELETED, f"deleting {repository}@{digest}")
         return True
 
     def check(self, repository_hint: str | None = None) -> list[str]:
@@ -319,7 +357,9 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         self.ping()
-        scope = f"repository:{repository}:{_action(method)}"
+        action = _action(method)
+        with self._tokens_lock:
+            scope = f"repository:{repository}:{self._challenged_actions.get(action, action)}"
         challenge = self._challenge
         auth = self._auth_for(challenge, scope) if challenge else self._static_auth()
         response = self._send(method, url, headers={**(headers or {}), **auth})
@@ -332,11 +372,16 @@ class RegistryClient:
             # /v2/ let anonymous in but this repository wants a token: use one from now on.
             self._challenge = challenge
         # The registry may want another scope than the one asked for (e.g. "*" for DELETE on
-        # some registries), or the cached token is no longer accepted: fetch what it names.
+        # older registries and some front-ends), or the cached token is no longer accepted:
+        # fetch what the challenge names, and ask for those actions directly from now on.
         asked = challenge.params.get("scope") or scope
         token = self._fetch_token(challenge, asked)
+        kind, _, rest = asked.partition(":")
+        named, _, actions = rest.rpartition(":")
         with self._tokens_lock:
-            self._tokens[scope] = token
+            self._tokens[scope] = self._tokens[asked] = token
+            if kind == "repository" and named == repository and actions and " " not in asked:
+                self._challenged_actions[action] = actions
         auth = {"Authorization": f"Bearer {token.value}"}
         response = self._send(method, url, headers={**(headers or {}), **auth})
         if response.status_code == 401:
@@ -460,8 +505,8 @@ class RegistryClient:
         if not valid_repository(repository):
             raise RegistryError(f"{repository!r} is not a valid repository name; not touched")
 
-    def _expect(self, response: requests.Response, status: int, doing: str) -> None:
-        if response.status_code == status:
+    def _expect(self, response: requests.Response, statuses: Collection[int], doing: str) -> None:
+        if response.status_code in statuses:
             return
         if response.status_code == 403:
             raise RegistryError(

@@ -1,22 +1,28 @@
 """Log indices past the retention window, event ``logs.index.delete`` (README "How a run
 works", step 4).
 
-Reading costs one request: ``GET <patterns>/_settings`` filtered down to
-``index.creation_date`` and ``index.hidden`` (the cat APIs are documented as meant for
-people, not applications). A second one, ``GET _data_stream/<patterns>``, is sent only when
-that listing holds hidden or dot-named indices, the only kind that can back a data stream.
+Reading costs one request: ``GET /<patterns>`` (the get index API) filtered down to each
+index's aliases, ``index.creation_date``, ``index.hidden`` and ``index.lifecycle.name`` (the
+cat APIs are documented as meant for people, not applications). A second one,
+``GET _data_stream/<patterns>``, is sent only when that listing holds hidden or dot-named
+indices, the only kind that can back a data stream; a third, ``GET _alias/<names>``, only
+when an index about to be deleted is the one listed index of an alias that leaves
+``is_write_index`` unset, to learn whether the alias holds other indices (README "Safety
+rules": the only index of such an alias is its write index).
 
 Deleting costs one request per batch: ``DELETE /a,b,c`` with explicit names only (ES 8
 refuses wildcards in deletes by default, ``action.destructive_requires_name``), as many names
 as fit in Elasticsearch's 4 KB request line (``http.max_initial_line_length``). Each batch
 is one independent :class:`~janitor.plan.Step`, so the runner may send them concurrently.
+The whole sweep costs at most 1 + ⌈names / 4 KB⌉ + 3 requests, the version check included.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -54,13 +60,21 @@ _PROTOCOL = " HTTP/1.1"
 _DELETE_OVERHEAD = len("DELETE /") + len(_PROTOCOL) + _LINE_END
 
 _EXPAND = "open,closed"
-_LISTING_FIELDS = ("*.settings.index.creation_date", "*.settings.index.hidden")
+# The get index API's "features" parameter is 8.1+: filter_path alone trims the answer on
+# every 8.x (mappings included).
+_LISTING_FIELDS = (
+    "*.aliases",
+    "*.settings.index.creation_date",
+    "*.settings.index.hidden",
+    "*.settings.index.lifecycle.name",
+)
 _PROBE_FIELDS = ("*.settings.index.creation_date",)
 _PROBE_QUERY = (
     "/_settings?allow_no_indices=true&expand_wildcards=open,closed"
     "&filter_path=*.settings.index.creation_date&ignore_unavailable=true"
 )
 _PROBE_OVERHEAD = len("GET /") + len(_PROBE_QUERY) + len(_PROTOCOL) + _LINE_END
+_ALIAS_OVERHEAD = len("GET /_alias/?expand_wildcards=all") + len(_PROTOCOL) + _LINE_END
 
 # No log index predates the Unix epoch (index.creation_date counts from it): a name date
 # before it is a misreading, never a reason to delete.
@@ -72,14 +86,20 @@ class _Index:
     name: str
     creation_date: str | None
     hidden: bool
+    lifecycle: str | None = None
+    """The ILM policy managing it (``index.lifecycle.name``)."""
+    aliases: Mapping[str, bool | None] = field(default_factory=dict)
+    """Each alias on it, with its ``is_write_index`` (None: not set)."""
 
 
 @dataclass(frozen=True)
 class _Membership:
-    """The data stream a backing index belongs to, and whether it is the write index."""
+    """The data stream a backing index belongs to, whether it is the write index, and
+    whether the stream is a system one (Elasticsearch's own)."""
 
     stream: str
     write: bool
+    system: bool = False
 
 
 def plan_logs(
@@ -95,10 +115,12 @@ def plan_logs(
 
     An index is considered when its own name matches a pattern, or when it backs a data
     stream whose name does; anything reached otherwise (through an alias, say) is left
-    alone and unreported. Of those past the window, hidden and dot-named indices that back
-    no matched stream, and every stream's write index, are ``skipped``; so is any index
-    whose name holds no date (or one before 1970) when ages come from names. An index whose
-    creation date cannot be read is ``failed`` on its own; the others go on.
+    alone and unreported. Of those past the window, these are ``skipped`` (README "Safety
+    rules"): hidden and dot-named indices that back no matched stream, every stream's write
+    index, backing indices of a system stream, the write index of an alias, and indices an
+    ILM policy manages; so is any index whose name holds no date (or one before 1970) when
+    ages come from names. An index whose creation date cannot be read is ``failed`` on its
+    own; the others go on.
     """
     if now.utcoffset() != timedelta(0):
         raise ValueError(
@@ -114,7 +136,7 @@ def plan_logs(
     )
     cutoff = now - timedelta(days=retention_days)
     steps: list[Step] = []
-    expired: list[Action] = []
+    expired: list[tuple[_Index, Action]] = []
     for index in indices:
         membership = backing.get(index.name)
         if membership is None and not matches(index.name, patterns):
@@ -138,26 +160,87 @@ def plan_logs(
         if created > cutoff:
             continue
         fields = {"age_days": (now - created) // timedelta(days=1)}
+        action = Action(EVENT, index.name, PLANNED, fields=fields)
         if protected:
-            steps.append(final(Action(EVENT, index.name, skipped(protected), fields=fields)))
+            steps.append(final(replace(action, planned=skipped(protected))))
         else:
-            expired.append(Action(EVENT, index.name, PLANNED, fields=fields))
-    for batch in _batches(expired, lambda a: a.target, _DELETE_OVERHEAD):
+            expired.append((index, action))
+    writes = _alias_write_indices(es, indices, [index for index, _ in expired])
+    deleted: list[Action] = []
+    for index, action in expired:
+        alias = writes.get(index.name)
+        if alias is None:
+            deleted.append(action)
+        else:
+            steps.append(final(replace(action, planned=skipped(f"write index of alias [{alias}]"))))
+    for batch in _batches(deleted, lambda a: a.target, _DELETE_OVERHEAD):
         steps.append(_delete_step(es, tuple(batch)))
     return steps
 
 
 def _protection(index: _Index, membership: _Membership | None) -> str | None:
-    """Why the safety rules (README) forbid deleting ``index``, or None."""
+    """Why the safety rules (README) forbid deleting ``index``, or None. The alias rule is
+    :func:`_alias_write_indices`: it may need a request, sent for expired indices only."""
     if membership is not None:
         if membership.write:
             return f"write index of data stream [{membership.stream}]"
-        return None
-    if index.name.startswith("."):
+        if membership.system:
+            return f"backing index of system data stream [{membership.stream}]"
+    elif index.name.startswith("."):
         return "system or hidden index (name starts with '.')"
-    if index.hidden:
+    elif index.hidden:
         return "hidden index (index.hidden: true)"
+    if index.lifecycle is not None:
+        return f"managed by ILM policy [{index.lifecycle}]"
     return None
+
+
+def _alias_write_indices(
+    es: Elasticsearch, listed: Sequence[_Index], candidates: Sequence[_Index]
+) -> dict[str, str]:
+    """The ``candidates`` that are the write index of an alias, each with that alias: one
+    whose alias entry has ``is_write_index: true``, or the only index of an alias that does
+    not set it (README "Safety rules").
+
+    An alias left unset on exactly one listed index may hold indices the listing did not
+    reach: one ``GET _alias`` counts its indices. An index the janitor may not see counts
+    as none, so a doubt keeps the index.
+    """
+    holders = Counter(alias for index in listed for alias in index.aliases)
+    writes: dict[str, str] = {}
+    unsure: dict[str, str] = {}
+    for index in candidates:
+        for alias, write in sorted(index.aliases.items()):
+            if write is True:
+                writes.setdefault(index.name, alias)
+            elif write is None and holders[alias] == 1:
+                unsure[alias] = index.name
+    if unsure:
+        sizes = _alias_sizes(es, sorted(unsure))
+        for alias, name in sorted(unsure.items()):
+            if sizes[alias] <= 1:
+                writes.setdefault(name, alias)
+    return writes
+
+
+def _alias_sizes(es: Elasticsearch, aliases: Sequence[str]) -> Counter[str]:
+    """How many indices hold each of ``aliases``, in one request: ``GET _alias/<names>``, or
+    ``GET _alias`` (every alias) when the names overflow one request line."""
+    fits = len(_batches(aliases, str, _ALIAS_OVERHEAD)) == 1
+    try:
+        body: Any = es.indices.get_alias(
+            name=list(aliases) if fits else None, expand_wildcards="all"
+        ).body
+    except NotFoundError as error:
+        # An alias removed since the listing: its 404 still lists the indices of the others.
+        body = error.body
+    entries = body.values() if isinstance(body, Mapping) else ()
+    return Counter(
+        alias
+        for entry in entries
+        if isinstance(entry, Mapping) and isinstance(entry.get("aliases"), Mapping)
+        for alias in entry["aliases"]
+    )
 
 
 def _created_from_settings(index: _Index) -> datetime | Result:
@@ -195,10 +278,11 @@ def _created_from_name(name: str, pattern: re.Pattern[str], timestring: str) -> 
 
 
 def _list_indices(es: Elasticsearch, patterns: Sequence[str]) -> list[_Index]:
-    # Wildcards expand to open and closed indices but not hidden ones (the default, "all",
-    # would); a data stream matched by name still brings in its (hidden) backing indices.
+    # Wildcards expand to open and closed indices but not hidden ones, except that a pattern
+    # starting with "." also matches hidden names starting with "." (Elasticsearch's rule);
+    # a data stream matched by name brings in its (hidden) backing indices.
     # ignore_unavailable: a pattern without "*" naming no index is not an error.
-    body = es.indices.get_settings(
+    body = es.indices.get(
         index=list(patterns),
         expand_wildcards=_EXPAND,
         ignore_unavailable=True,
@@ -209,11 +293,18 @@ def _list_indices(es: Elasticsearch, patterns: Sequence[str]) -> list[_Index]:
     for name, entry in sorted(body.items()):
         settings = entry.get("settings", {}).get("index", {})
         created = settings.get("creation_date")
+        policy = settings.get("lifecycle", {}).get("name")
+        aliases = entry.get("aliases", {})
         found.append(
             _Index(
                 name=name,
                 creation_date=str(created) if created is not None else None,
                 hidden=str(settings.get("hidden", "false")).lower() == "true",
+                lifecycle=str(policy) if policy else None,
+                aliases={
+                    alias: meta.get("is_write_index") if isinstance(meta, Mapping) else None
+                    for alias, meta in aliases.items()
+                },
             )
         )
     return found
@@ -225,16 +316,23 @@ def _backing_indices(es: Elasticsearch, patterns: Sequence[str]) -> dict[str, _M
     # ignore_unavailable: every pattern is sent as a wildcard and matched exactly below.
     names = [p if "*" in p else f"{p}*" for p in patterns]
     body = es.indices.get_data_stream(
-        name=names, filter_path=["data_streams.name", "data_streams.indices.index_name"]
+        name=names,
+        filter_path=[
+            "data_streams.name",
+            "data_streams.system",
+            "data_streams.indices.index_name",
+        ],
     ).body
     backing: dict[str, _Membership] = {}
     for stream in body.get("data_streams", []):
         if not matches(stream["name"], patterns):
             continue
         members = [i["index_name"] for i in stream.get("indices", [])]
+        system = stream.get("system") is True
         # The API lists backing indices oldest first; the last one is the write index.
         for position, name in enumerate(members):
-            backing[name] = _Membership(stream["name"], write=position == len(members) - 1)
+            write = position == len(members) - 1
+            backing[name] = _Membership(stream["name"], write=write, system=system)
     return backing
 
 
@@ -272,10 +370,12 @@ def _delete(es: Elasticsearch, names: list[str], *, probe: bool) -> dict[str, Re
     """Delete ``names`` in one request, and settle every name whatever happens.
 
     404 (some index vanished meanwhile, or a retried DELETE already went through): one probe
-    tells which still exist; those are deleted again, the rest are ``absent``. 400 (one index
-    refuses: a write index, a snapshot in progress): the batch is halved until the refusing
-    index stands alone, so it does not block the others. Anything else (auth, 429/5xx after
-    the retries, connection) fails the whole batch: splitting would only repeat it.
+    tells which still exist; those are deleted again, the rest are ``absent``. 400 (an index
+    refuses: a snapshot in progress, a name turned alias): the indices the error names fail
+    with it and the rest are sent again in one request; an error naming none of them halves
+    the batch until the refusing index stands alone. Either way it does not block the
+    others. Anything else (auth, 429/5xx after the retries, connection) fails the whole
+    batch: splitting would only repeat it.
     """
     if not names:
         return {}
@@ -284,13 +384,28 @@ def _delete(es: Elasticsearch, names: list[str], *, probe: bool) -> dict[str, Re
     except NotFoundError as error:
         return _settle_missing(es, names, error, probe=probe)
     except BadRequestError as error:
-        if len(names) == 1:
-            return {names[0]: failed(describe(error))}
-        half = len(names) // 2
-        return _delete(es, names[:half], probe=probe) | _delete(es, names[half:], probe=probe)
+        return _settle_refused(es, names, error, probe=probe)
     except (ApiError, TransportError) as error:
         return dict.fromkeys(names, failed(describe(error)))
     return dict.fromkeys(names, DONE)
+
+
+def _settle_refused(
+    es: Elasticsearch, names: list[str], error: BadRequestError, *, probe: bool
+) -> dict[str, Result]:
+    """After a 400: the indices it names fail with it, the others go again in one request;
+    when it names none of them, the batch is halved until the refusing one stands alone."""
+    reason = describe(error)
+    if len(names) == 1:
+        return {names[0]: failed(reason)}
+    # Elasticsearch names what refused in brackets: "[name]", or "[name/uuid]" for indices a
+    # snapshot holds.
+    named = [n for n in names if f"[{n}]" in reason or f"[{n}/" in reason]
+    if named and len(named) < len(names):
+        rest = [n for n in names if n not in named]
+        return dict.fromkeys(named, failed(reason)) | _delete(es, rest, probe=probe)
+    half = len(names) // 2
+    return _delete(es, names[:half], probe=probe) | _delete(es, names[half:], probe=probe)
 
 
 def _settle_missing(

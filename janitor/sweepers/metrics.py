@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from janitor.clients.prometheus import EndpointMissing, PrometheusError, api_data
-from janitor.durations import format_duration, parse_duration
+from janitor.durations import format_bytes, format_duration, parse_bytes, parse_duration
 from janitor.plan import Action, Result, Step, Sweeper, final
 from janitor.redact import without_credentials
 
@@ -35,20 +35,21 @@ OPERATOR_DEFAULT = timedelta(hours=24)
 
 Kind = Literal["prometheus", "statefulset"]
 
-# What Prometheus prints for a byte size (alecthomas/units Base2Bytes), and the spellings it
-# accepts in --storage.tsdb.retention.size / the operator's spec.retentionSize.
-_SIZE = re.compile(r"(?:[0-9]*\.)?[0-9]+(?:[KMGTPE]i?)?B")
-_ZERO_SIZE = re.compile(r"(?:0+(?:\.0*)?(?:[KMGTPE]i?)?B?)?")
+# A disk share limit as Prometheus 3.11+ prints storage.tsdb.retention.percentage
+# (strconv.FormatFloat 'g': "80", "12.5", "1e-05").
+_PERCENTAGE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:e[-+][0-9]+)?%")
 _TIME_FLAG = "storage.tsdb.retention.time"
 _DEPRECATED_TIME_FLAG = "storage.tsdb.retention"
 _SIZE_FLAG = "storage.tsdb.retention.size"
+_FLAGS_PATH = "/api/v1/status/flags"
 
 
 @dataclass(frozen=True)
 class Retention:
-    """What Prometheus keeps: data younger than ``time``, within ``size`` (as Prometheus
-    prints it, e.g. ``10GiB``), or both, whichever limit is reached first. ``note`` says
-    where a defaulted value came from, for the mismatch reason."""
+    """What Prometheus keeps: data younger than ``time``, within the ``size`` limits (a byte
+    size and/or a share of the disk, as Prometheus prints them, e.g. ``1GiB476MiB`` or
+    ``10GiB or 80%``), whichever limit is reached first. ``note`` says where a defaulted
+    value came from, for the mismatch reason."""
 
     time: timedelta | None
     size: str | None = None
@@ -60,32 +61,33 @@ class RetentionUnreadable(Exception):
 
 
 def read_retention(client: requests.Session, url: str) -> Retention:
-    """The retention Prometheus applies. ``runtimeinfo`` shows the effective value (the 15d
-    default included, where ``flags`` reads ``0s``); servers without it fall back to flags."""
+    """The retention Prometheus applies, from two GETs (README "Prometheus answers").
+
+    ``runtimeinfo`` shows the effective value: the 15d default included, and on Prometheus
+    3.x a retention set in the configuration file, while ``flags`` then reads ``0s``.
+    ``flags`` is read too, because only it tells agent mode (``--enable-feature=agent`` in
+    2.x, ``--agent`` in 3.x, whose runtimeinfo still shows the 15d default); it also stands
+    in for servers whose runtimeinfo has no ``storageRetention``.
+    """
     try:
         info = api_data(client, url, "/api/v1/status/runtimeinfo")
     except EndpointMissing:
         info = {}
-    text = info.get("storageRetention")
-    # Agent mode, and servers older than the field or the endpoint, leave it empty: the
-    # flags tell which.
-    if not isinstance(text, str) or not text:
-        return retention_from_flags(client, url)
-    return _parse_storage_retention(text, without_credentials(url))
-
-
-def retention_from_flags(client: requests.Session, url: str) -> Retention:
-    """The retention the command-line flags of the Prometheus at ``url`` imply."""
-    flags = api_data(client, url, "/api/v1/status/flags")
+    flags = api_data(client, url, _FLAGS_PATH)
     where = without_credentials(url)
-    if "agent" in str(flags.get("enable-feature", "")).split(","):
-        raise RetentionUnreadable(
-            f"Prometheus at {where} runs in agent mode and keeps no metrics: point "
-            "JANITOR_PROMETHEUS_URL at the Prometheus server that stores them"
-        )
+    _refuse_agent(flags, f"Prometheus at {where}", "JANITOR_PROMETHEUS_URL")
+    text = info.get("storageRetention")
+    if isinstance(text, str) and text:
+        return parse_storage_retention(text, where)
+    return retention_from_flags(flags, where)
+
+
+def retention_from_flags(flags: Mapping[str, Any], where: str) -> Retention:
+    """The retention the command-line flags of the Prometheus at ``where`` imply, as its
+    ``/api/v1/status/flags`` lists them."""
     if not any(key in flags for key in (_TIME_FLAG, _DEPRECATED_TIME_FLAG, _SIZE_FLAG)):
         raise RetentionUnreadable(
-            f"{where}/api/v1/status/flags lists no storage.tsdb.retention flags: "
+            f"{where}{_FLAGS_PATH} lists no storage.tsdb.retention flags: "
             "is JANITOR_PROMETHEUS_URL a Prometheus server?"
         )
 
@@ -99,6 +101,17 @@ def retention_from_flags(client: requests.Session, url: str) -> Retention:
         size=flag(_SIZE_FLAG),
         where=where,
     )
+
+
+def _refuse_agent(flags: Mapping[str, Any], what: str, setting: str) -> None:
+    """RetentionUnreadable when ``flags`` start Prometheus in agent mode, which stores no
+    metrics (README "Prometheus answers")."""
+    features = str(flags.get("enable-feature", "")).split(",")
+    if "agent" in features or str(flags.get("agent", "false")).lower() == "true":
+        raise RetentionUnreadable(
+            f"{what} runs in agent mode and keeps no metrics: point {setting} at the "
+            "Prometheus server that stores them"
+        )
 
 
 def effective_retention(
@@ -189,14 +202,30 @@ def _problems(read: Callable[[], Retention]) -> list[str]:
     return []
 
 
-def _parse_storage_retention(text: str, where: str) -> Retention:
-    """runtimeinfo's ``storageRetention``: ``15d``, ``10GiB`` or ``15d or 10GiB``."""
+def parse_storage_retention(text: str, where: str) -> Retention:
+    """runtimeinfo's ``storageRetention``: a time, a byte size and a disk share, each
+    optional, in this order, joined by `` or `` (prometheus web/web.go runtimeInfo), e.g.
+    ``15d``, ``1GiB476MiB``, ``80%`` or ``15d or 1GiB476MiB or 80%``."""
     parts = text.split(" or ")
-    size = parts.pop() if _SIZE.fullmatch(parts[-1]) else None
-    if len(parts) > 1:
+    is_time = _accepts(parse_duration, parts[0])
+    time = _duration(parts.pop(0), f"storageRetention of {where}") if is_time else None
+    limits: list[str] = []
+    if parts and _accepts(parse_bytes, parts[0]):
+        limits.append(format_bytes(parse_bytes(parts.pop(0))))
+    if parts and _PERCENTAGE.fullmatch(parts[0]):
+        limits.append(parts.pop(0))
+    if parts or (time is None and not limits):
         raise RetentionUnreadable(f"unexpected storageRetention {text!r} from {where}")
-    time = _duration(parts[0], f"storageRetention of {where}") if parts else None
-    return Retention(time, size)
+    return Retention(time, " or ".join(limits) or None)
+
+
+def _accepts(parse: Callable[[str], object], text: str) -> bool:
+    """Whether ``parse`` reads ``text`` (a duration, a byte size) without a ValueError."""
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _duration(text: str | None, what: str) -> timedelta | None:
@@ -209,12 +238,15 @@ def _duration(text: str | None, what: str) -> timedelta | None:
 
 
 def _size_limit(text: str | None, what: str) -> str | None:
-    """``text`` when it sets a size limit; None when unset or zero (``0B`` means no limit)."""
-    if text is None or _ZERO_SIZE.fullmatch(text):
+    """``text`` as Prometheus prints it when it sets a size limit; None when unset or zero
+    (``0B``, the flag's default, means no limit)."""
+    if text is None or not text:
         return None
-    if not _SIZE.fullmatch(text):
-        raise RetentionUnreadable(f"{what}: not a byte size: {text!r}")
-    return text
+    try:
+        count = parse_bytes(text)
+    except ValueError as exc:
+        raise RetentionUnreadable(f"{what}: {exc}") from exc
+    return format_bytes(count) if count else None
 
 
 def _operator_retention(resource: object, where: str) -> Retention:
@@ -249,6 +281,7 @@ def _stateful_set_retention(stateful_set: k8s.V1StatefulSet, where: str) -> Rete
             f"{where} has no container named prometheus nor one with --storage.tsdb flags"
         )
     flags = _flag_values(_command_line(found[0]))
+    _refuse_agent(flags, f"{where} starts Prometheus that", "JANITOR_PROMETHEUS_NAME")
     return effective_retention(
         time=flags.get(_TIME_FLAG),
         deprecated_time=flags.get(_DEPRECATED_TIME_FLAG),
@@ -262,7 +295,8 @@ def _command_line(container: k8s.V1Container) -> list[str]:
 
 
 def _flag_values(arguments: Sequence[str]) -> dict[str, str]:
-    """``--name=value`` and ``--name value`` arguments, as Prometheus' flag parser reads them."""
+    """``--name=value``, ``--name value`` and boolean ``--name`` arguments, as Prometheus'
+    flag parser (kingpin) reads them; a boolean reads ``true``, as ``/flags`` shows it."""
     values: dict[str, str] = {}
     for index, argument in enumerate(arguments):
         if not argument.startswith("--"):
@@ -272,6 +306,8 @@ def _flag_values(arguments: Sequence[str]) -> dict[str, str]:
             values[name] = value
         elif index + 1 < len(arguments) and not arguments[index + 1].startswith("-"):
             values[name] = arguments[index + 1]
+        else:
+            values[name] = "true"
     return values
 
 

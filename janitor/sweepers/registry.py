@@ -1,10 +1,13 @@
 """Registry sweeper: every tag of each expired deployment's repository (README "How a run
 works", step 3).
 
-Planning does every read: one tag listing per repository and one ``HEAD`` per tag, all on
-the shared executor. Executing deletes each distinct digest once: distribution removes
-every tag pointing to a manifest when the manifest is deleted, so tags sharing a digest
-cost one request and are all reported ``done``. The repository name comes only from the
+Planning does every read: one tag listing per repository and one ``HEAD`` per tag (a ``GET``
+where a proxy drops the digest header), all on the shared executor. A listed tag whose
+manifest the registry does not know is read once more in a second listing of its
+repository: still listed, it is a dangling tag and ``failed`` (README "Registry answers").
+Executing deletes each distinct digest once: distribution removes every tag pointing to a
+manifest when the manifest is deleted, so tags sharing a digest cost one request and are all
+reported ``done``. The repository name comes only from the
 configured template and a validated release name; tags and digests the registry answers
 are checked against the spec's grammar before they go into a URL.
 """
@@ -118,6 +121,16 @@ def plan_registry(
             strict=True,
         )
     )
+    # A listed tag without a manifest: gone meanwhile, or dangling if a new listing still
+    # shows it. Only repositories with such a tag are listed again.
+    manifestless = sorted({r for (r, _), digest in digests.items() if digest is None})
+    relisted = dict(
+        zip(
+            manifestless,
+            _gather(executor, [partial(client.list_tags, r) for r in manifestless]),
+            strict=True,
+        )
+    )
     works: dict[str, Share] = {}
     for d, listing in zip(deployments, listings, strict=True):
         repository = repositories[d.id]
@@ -130,7 +143,13 @@ def plan_registry(
             works[d.id] = Share((final(unknown),), (_remaining(client, repository, None),))
         else:
             works[d.id] = _work(
-                client, d, repository, tags=sorted(set(listing)), digests=digests, executor=executor
+                client,
+                d,
+                repository,
+                tags=sorted(set(listing)),
+                digests=digests,
+                relisted=relisted.get(repository),
+                executor=executor,
             )
     return works
 
@@ -142,6 +161,7 @@ def _work(
     *,
     tags: list[str],
     digests: Mapping[tuple[str, str], str | RegistryError | None],
+    relisted: list[str] | RegistryError | None,
     executor: Executor,
 ) -> Share:
     planned: list[Action] = []
@@ -159,8 +179,11 @@ def _work(
             error = f"cannot resolve {target}: {digest}"
             problems.append(error)
             settled.append(final(_tag_action(deployment, target, None, failed(error))))
-        elif digest is None:  # the tag went away between listing and HEAD
-            settled.append(final(_tag_action(deployment, target, None, ABSENT)))
+        elif digest is None:
+            outcome = _unknown_manifest(repository, tag, relisted)
+            if outcome.error is not None:
+                problems.append(outcome.error)
+            settled.append(final(_tag_action(deployment, target, None, outcome)))
         else:
             planned.append(_tag_action(deployment, target, digest, PLANNED))
     steps = tuple(settled)
@@ -169,6 +192,26 @@ def _work(
         steps = (Step(actions, lambda: _delete(client, repository, actions, executor)), *steps)
     problem = f"{problems[0]} ({len(problems)} tag(s) not swept)" if problems else None
     return Share(steps, (_remaining(client, repository, problem),))
+
+
+def _unknown_manifest(
+    repository: str, tag: str, relisted: list[str] | RegistryError | None
+) -> Result:
+    """A listed tag whose manifest the registry answered 404 for: ``absent`` when a second
+    listing no longer shows it (deleted meanwhile), else a dangling tag, ``failed``: the row
+    stays until an operator repairs the repository (README "Registry answers")."""
+    if isinstance(relisted, RegistryError):
+        return failed(
+            f"{repository}:{tag} has no manifest, and listing {repository} again to tell a "
+            f"dangling tag from a deleted one failed: {relisted}"
+        )
+    if relisted is None or tag not in relisted:
+        return ABSENT
+    return failed(
+        f"dangling tag: {repository} lists {tag!r} but the registry has no manifest for it "
+        "(404 MANIFEST_UNKNOWN); the janitor cannot delete it, repair the repository "
+        '(docs/registry.md, "Dangling tags")'
+    )
 
 
 def _tag_action(deployment: Deployment, target: str, digest: str | None, planned: Result) -> Action:
