@@ -282,6 +282,7 @@ def test_default_cronjob_schedule_and_every_default_in_the_env(chart: helm.Chart
     ]
     pod = pod_spec(found)
     assert pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] == 60
     assert pod["serviceAccountName"] == RELEASE
     assert pod["automountServiceAccountToken"] is True
     [container] = pod["containers"]
@@ -308,6 +309,8 @@ def test_default_cronjob_schedule_and_every_default_in_the_env(chart: helm.Chart
         "JANITOR_DRY_RUN": "false",
         "JANITOR_MAX_DELETIONS": "0",
         "JANITOR_CONCURRENCY": "8",
+        "JANITOR_LOCK_TIMEOUT_SECONDS": "30",
+        "JANITOR_DEADLINE_SECONDS": "10500",
         "JANITOR_LOG_FORMAT": "json",
         "JANITOR_LEASE_NAME": RELEASE,
         "JANITOR_LEASE_NAMESPACE": field_ref("metadata.namespace"),
@@ -358,6 +361,8 @@ def test_every_value_is_wired_into_the_container(chart: helm.Chart) -> None:
         "JANITOR_DRY_RUN": "true",
         "JANITOR_MAX_DELETIONS": "10000000",
         "JANITOR_CONCURRENCY": "16",
+        "JANITOR_LOCK_TIMEOUT_SECONDS": "30",
+        "JANITOR_DEADLINE_SECONDS": "1500",
         "JANITOR_LOG_FORMAT": "console",
         "JANITOR_LEASE_NAME": "platform-janitor-lock",
         "JANITOR_LEASE_NAMESPACE": field_ref("metadata.namespace"),
@@ -927,3 +932,12 @@ def write_docs_render() -> None:
 
 if __name__ == "__main__":
     write_docs_render()
+
+
+def test_the_run_deadline_ends_before_the_jobs(chart: helm.Chart) -> None:
+    """JANITOR_DEADLINE_SECONDS is activeDeadlineSeconds less the margin, so the run prints
+    its own summary before Kubernetes kills it; a margin that leaves no run is refused."""
+    found = manifests(chart, {"activeDeadlineSeconds": 1800, "deadlineMarginSeconds": 120})
+    assert container_env(found)["JANITOR_DEADLINE_SECONDS"] == "1680"
+    with pytest.raises(Exception, match="must exceed deadlineMarginSeconds"):
+        manifests(chart, {"activeDeadlineSeconds": 300, "deadlineMarginSeconds": 300})

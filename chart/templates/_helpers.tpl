@@ -153,3 +153,15 @@ operator resource's spec.retention (docs/metrics.md "Kubernetes source").
   resourceNames: [{{ .Values.prometheus.name | quote }}]
   verbs: ["get"]
 {{- end }}
+
+{{/*
+The run's own deadline: activeDeadlineSeconds less the margin, so the run ends with its
+summary before Kubernetes kills the pod (README "Time limits").
+*/}}
+{{- define "astro-janitor.deadlineSeconds" -}}
+{{- $deadline := sub (int .Values.activeDeadlineSeconds) (int .Values.deadlineMarginSeconds) -}}
+{{- if lt $deadline 60 -}}
+{{- fail (printf "activeDeadlineSeconds (%d) must exceed deadlineMarginSeconds (%d) by at least 60 s" (int .Values.activeDeadlineSeconds) (int .Values.deadlineMarginSeconds)) -}}
+{{- end -}}
+{{- $deadline -}}
+{{- end -}}
