@@ -196,6 +196,10 @@ def _acquire(lease: _Lease, now: datetime) -> bool:
 def _renew(lease: _Lease, now: datetime) -> bool:
     """Refresh renewTime; False once the Lease is no longer ours (nothing left to renew)."""
     current = lease.read()
+    if current is not None and current.metadata is None:
+        # No Lease at all but an answer the client read as an empty one (a proxy's JSON
+        # list, say): not a sign another run took over; retried on the next tick.
+        return True
     if current is None or current.spec is None or not lease.ours(current):
         return False
     previous = current.spec
@@ -235,7 +239,8 @@ def _renew_until(stop: threading.Event, lease: _Lease, clock: Callable[[], datet
         # A failed renewal (API server restart, network blip) is retried on the next tick:
         # the Lease stays valid for two more intervals, while a renewal thread that died
         # here would let another run take over as this one still works.
-        with contextlib.suppress(ApiException, urllib3.exceptions.HTTPError):
+        # So is an answer the client cannot read (ValueError: malformed JSON, a wrong shape).
+        with contextlib.suppress(ApiException, urllib3.exceptions.HTTPError, ValueError):
             if not _renew(lease, clock()):
                 return
 
@@ -310,6 +315,11 @@ def _cronjob_uid(api: client.CoreV1Api, namespace: str, cronjob_name: str) -> st
         if exc.status in (403, 404):
             return None
         raise
+    except ValueError:
+        # An answer the client cannot read as a CronJob (a proxy's page, a truncated body):
+        # the summary Event is still posted, listed by `kubectl get events` if not by
+        # `kubectl describe cronjob`.
+        return None
     uid: str | None = cronjob.metadata.uid if cronjob.metadata else None
     return uid
 

@@ -65,6 +65,9 @@ def open_pool(
         max_size=size,
         kwargs=_connect_kwargs(conninfo, timeouts),
         configure=lambda conn: configure(conn, timeouts),
+        # A pooled session may have died meanwhile (pg_terminate_backend, a failover, an
+        # idle timeout): checked at checkout, it is replaced instead of failing the action.
+        check=ConnectionPool.check_connection,
         name=name,
         open=True,
         timeout=float(timeouts.connect_s + timeouts.lock_s),

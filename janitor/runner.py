@@ -166,6 +166,10 @@ def _post_summary_event(
         )
     except KubernetesError as exc:
         return str(exc)
+    except Exception as exc:  # noqa: BLE001 - README: run.finished is always the last line
+        # The client's own parsing of an answer of a shape nobody expected (a proxy's page,
+        # a truncated body) raises ValueError and friends, not KubernetesError.
+        return unexpected(exc)
     return None
 
 
@@ -432,33 +436,63 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
         return
     if context.houston_pool is None:  # unreachable: real runs with deployments open it
         raise RuntimeError("no Houston connection pool")
-    with context.houston_pool.connection() as conn:
-        try:
-            with houston.locked_if_expired(
-                conn,
-                context.table,
-                work.deployment,
-                now=context.now,
-                retention_days=context.settings.retention_days,
-            ) as still_expired:
-                if not still_expired:
-                    _skip_all(work, purge, NO_LONGER_EXPIRED, context)
-                    return
-                results = [r for step in work.steps for r in _settle(step, context, alone=False)]
-                reason = keep_reason(results, plan.purge_blocked) or _remaining(work)
-                result = (
-                    skipped(reason)
-                    if reason
-                    else houston.purge(conn, context.table, work.deployment)
-                )
-                context.recorder.action(purge, result)
-        except psycopg.errors.LockNotAvailable:
-            holders = postgres.table_holders(conn, context.table.ident().as_string(conn))
-            waited = f"the row of deployment {purge.target} in {context.table.table}"
-            timeouts = assemble.pg_timeouts(context.settings)
-            error = postgres.lock_wait(waited, timeouts, holders)
-            _skip_steps(work, "the deployment row lock was not obtained", context)
-            context.recorder.action(purge, failed(error))
+    # The purge is reported once its transaction committed: a row reported gone is gone.
+    result: Result | None = None  # set once the row lock was taken and the steps settled
+    try:
+        with context.houston_pool.connection() as conn:
+            try:
+                with houston.locked_if_expired(
+                    conn,
+                    context.table,
+                    work.deployment,
+                    now=context.now,
+                    retention_days=context.settings.retention_days,
+                ) as still_expired:
+                    if not still_expired:
+                        _skip_steps(work, NO_LONGER_EXPIRED, context)
+                        result = skipped(NO_LONGER_EXPIRED)
+                    else:
+                        results = [
+                            r for step in work.steps for r in _settle(step, context, alone=False)
+                        ]
+                        reason = keep_reason(results, plan.purge_blocked)
+                        result = (
+                            skipped(reason)
+                            if reason
+                            else _remaining(work)
+                            or houston.purge(conn, context.table, work.deployment)
+                        )
+            except psycopg.errors.LockNotAvailable:
+                holders = postgres.table_holders(conn, context.table.ident().as_string(conn))
+                waited = f"the row of deployment {purge.target} in {context.table.table}"
+                timeouts = assemble.pg_timeouts(context.settings)
+                error = postgres.lock_wait(waited, timeouts, holders)
+                _skip_steps(work, "the deployment row lock was not obtained", context)
+                result = failed(error)
+    except Exception as exc:  # noqa: BLE001 - one deployment's trouble must not end the run
+        result = _session_lost(exc, result, work, context)
+    context.recorder.action(purge, result)
+
+
+def _session_lost(
+    exc: Exception, result: Result | None, work: DeploymentWork, context: Context
+) -> Result:
+    """The purge's result when the Houston session broke under a deployment
+    (pg_terminate_backend, a reset) after its steps settled with ``result`` (None: before
+    the row lock was taken). The transaction, and with it any purge, rolled back, or its
+    COMMIT went unanswered; either way the deployment still ends with its purge event."""
+    error = (
+        f"Houston database: {postgres.describe(exc)}"
+        if isinstance(exc, psycopg.Error)
+        else unexpected(exc)
+    )
+    if result is None:
+        _skip_steps(work, "the deployment row lock was not obtained", context)
+        return failed(error)
+    if result.outcome == "done":
+        # The COMMIT may have reached the server before the session died.
+        return failed(f"{error}; the purge was not confirmed (the next run settles it)")
+    return failed(f"{error}; the row stays")
 
 
 def _skip_steps(work: DeploymentWork, reason: str, context: Context) -> None:
@@ -482,9 +516,14 @@ def keep_reason(results: Sequence[Result], purge_blocked: str | None) -> str | N
     return purge_blocked
 
 
-def _remaining(work: DeploymentWork) -> str | None:
+def _remaining(work: DeploymentWork) -> Result | None:
+    """Why the row stays after all: something a probe still finds (skipped), or a probe
+    that broke on an answer nobody expected (failed: it proves nothing gone); None to purge."""
     for probe in work.remaining:
-        still_there = probe()
+        try:
+            still_there = probe()
+        except Exception as exc:  # noqa: BLE001 - README: any exception ends as a failed action
+            return failed(f"what is left could not be confirmed: {unexpected(exc)}")
         if still_there:
-            return still_there
+            return skipped(still_there)
     return None

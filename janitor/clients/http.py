@@ -14,6 +14,7 @@ reports that answer (e.g. the 429) as the action's failure.
 
 from __future__ import annotations
 
+import http.client
 import re
 import ssl
 import time
@@ -218,6 +219,10 @@ def describe_transport_error(exc: BaseException, setting: str) -> str:
         else:
             fix = f"set {setting}_CA_BUNDLE to the CA that signed its certificate"
         return f"TLS verification of {where} failed ({cause}): {fix}"
+    if isinstance(innermost, http.client.IncompleteRead):
+        # The server answered and the connection closed before the body announced by
+        # Content-Length (or the last chunk) arrived: not a server out of reach.
+        return f"the answer of {where} was cut short: {cause}"
     if request is None:
         return f"cannot reach {where}: {cause}"
     path = urlsplit(url).path

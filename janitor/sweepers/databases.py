@@ -12,6 +12,7 @@ or statement that fixes it, and is never attempted.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class RoleFacts:
     owned_databases: frozenset[str] = frozenset()
     owned_elsewhere: Mapping[str, int] = field(default_factory=dict)
     """Objects it owns, by database (not counting its databases, listed above)."""
+    unrevokable: Mapping[str, str] = field(default_factory=dict)
+    """Privileges it holds that the account may not revoke: the database they are in (or
+    on), with the owner of the objects they are on."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class Server:
     protected_databases: frozenset[str]
     protected_roles: frozenset[str]
     timeouts: Timeouts = DEFAULT_TIMEOUTS
+    revoking: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    """Held while a role's grants are revoked: an object's privileges are one catalog row,
+    and two REVOKEs of it at once (deployments dropped in parallel whose roles were granted
+    the same table) make PostgreSQL fail one with XX000 "tuple concurrently updated"."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,28 @@ SELECT pg_get_userbyid(s.refobjid), d.datname, count(*)
 """
 
 
+# Privileges each role holds (pg_shdepend deptype 'a') on objects whose owner the account is
+# not a member of. DROP OWNED, run as the account, revokes only grants it may revoke as the
+# owner (REVOKE, "Notes"); DROP ROLE then refuses (2BP01). pg_shdepend records no ownership
+# by the bootstrap superuser (oid 10). A privilege on a database is listed under that
+# database: it goes with it when that database is dropped.
+_UNREVOKABLE = """
+SELECT pg_get_userbyid(a.refobjid),
+       coalesce(d.datname, on_database.datname, ''),
+       pg_get_userbyid(coalesce(o.refobjid, 10))
+  FROM pg_shdepend a
+  LEFT JOIN pg_database d ON d.oid = a.dbid
+  LEFT JOIN pg_database on_database
+         ON a.classid = 'pg_database'::regclass AND on_database.oid = a.objid
+  LEFT JOIN pg_shdepend o
+         ON o.dbid = a.dbid AND o.classid = a.classid AND o.objid = a.objid
+        AND o.objsubid = 0 AND o.deptype = 'o'
+ WHERE a.refclassid = 'pg_authid'::regclass AND a.deptype = 'a'
+   AND a.refobjid = ANY(%(oids)s)
+   AND NOT pg_has_role(current_user, coalesce(o.refobjid, 10), 'MEMBER')
+"""
+
+
 def inspect_server(
     connect: Connect,
     conninfo: str,
@@ -255,6 +285,9 @@ def inspect_server(
         oids = [row[2] for row in role_rows]
         for owner, database, count in conn.execute(_OWNED_OBJECTS, {"oids": oids}):
             owned_objects.setdefault(owner, {})[database] = count
+        unrevokable: dict[str, dict[str, str]] = {}
+        for grantee, database, owner in conn.execute(_UNREVOKABLE, {"oids": oids}):
+            unrevokable.setdefault(grantee, {})[database] = owner
         ((current_database,),) = conn.execute("SELECT current_database()").fetchall()
         version = conn.info.server_version
     roles = {
@@ -263,6 +296,7 @@ def inspect_server(
             may_drop=_may_drop_role(account, version, admin),
             owned_databases=frozenset(owned_databases.get(name, ())),
             owned_elsewhere=owned_objects.get(name, {}),
+            unrevokable=unrevokable.get(name, {}),
         )
         for name, is_super, _, admin in role_rows
     }
@@ -377,6 +411,17 @@ def _role_refusal(server: Server, name: str, facts: RoleFacts, dropped: set[str]
             f"REASSIGN OWNED BY {_quoted(name)} TO ... in {db})"
             for db, n in sorted(elsewhere.items())
         )
+    granted = {db: owner for db, owner in facts.unrevokable.items() if db not in dropped}
+    if granted:
+        return (
+            f"cannot drop role {name}: the janitor's role {account.name} may not revoke its "
+            "privileges on objects of roles it is not a member of: "
+            + "; ".join(
+                f"in database {db}, on objects of {owner} (fix: DROP OWNED BY "
+                f"{_quoted(name)} in {db}, as {_quoted(owner)} or a superuser)"
+                for db, owner in sorted(granted.items())
+            )
+        )
     return None
 
 
@@ -452,8 +497,9 @@ def drop_role(server: Server, name: str) -> Result:
     holding grants: the plan proved it owns nothing there)."""
 
     def statements(conn: psycopg.Connection[Any], oid: int) -> None:
-        for (database,) in conn.execute(_GRANTS, (oid,)).fetchall():
-            _revoke_grants(server, conn, database, name)
+        with server.revoking:
+            for (database,) in conn.execute(_GRANTS, (oid,)).fetchall():
+                _revoke_grants(server, conn, database, name)
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
     return _drop(server, "role", name, statements)
