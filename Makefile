@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench services clean
+.PHONY: demo test soak lint typecheck unit bench services clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) services
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not soak"
+
+# The long safety proofs of SAFETY.md (every kill point, more fleets and faults); not in `test`.
+soak: $(STAMP) services
+	$(BIN)/pytest -m soak
 
 test: lint typecheck unit
 

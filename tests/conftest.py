@@ -10,6 +10,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +100,8 @@ class Houston:
             if owner:
                 statement += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
             conn.execute(statement)
-        with psycopg.connect(dsn(name), autocommit=True) as conn:
+        # As keyword arguments: a name may hold what a DSN string would need quoted.
+        with psycopg.connect(ADMIN_DSN, dbname=name, autocommit=True) as conn:
             conn.execute("CREATE TABLE dag_run (id serial PRIMARY KEY, dag_id text)")
             if owner:
                 conn.execute(
@@ -173,23 +175,32 @@ CREATE TABLE "houston$default"."Deployment" (
 """
 
 
-@pytest.fixture
-def houston() -> Iterator[Houston]:
-    """A fresh Houston database; drops every database and role the test created."""
+@contextmanager
+def fresh_houston() -> Iterator[Houston]:
+    """A fresh Houston database; drops every database and role created through it."""
     token = uuid.uuid4().hex[:8]
     state = Houston(dbname=f"houston_{token}", prefix=f"t{token}")
     with admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(state.dbname)))
     with psycopg.connect(state.dsn, autocommit=True) as conn:
         conn.execute(HOUSTON_TABLE)
-    yield state
-    with admin() as conn:
-        for name in sorted(state.databases | {state.dbname}):
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        for role in sorted(state.roles):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    try:
+        yield state
+    finally:
+        with admin() as conn:
+            for name in sorted(state.databases | {state.dbname}):
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            for role in sorted(state.roles):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def houston() -> Iterator[Houston]:
+    """A fresh Houston database; drops every database and role the test created."""
+    with fresh_houston() as state:
+        yield state
 
 
 @dataclass(frozen=True)
