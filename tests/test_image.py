@@ -5,6 +5,8 @@ in-process tests use, and compared with the same commands run outside the image.
 
 from __future__ import annotations
 
+import configparser
+import importlib.util
 import json
 import os
 import re
@@ -121,12 +123,48 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def test_the_build_gets_the_hosts_pip_index_proxy_and_ca_as_secrets_and_no_local_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose pip uses a mirror, a proxy and its own CA: the build's pip.conf secret has
+    the http(s) indexes, the proxy and the CA bundle; file:// indexes and find-links stay out."""
+    spec = importlib.util.spec_from_file_location("image_script", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    ca = tmp_path / "proxy-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot a real one\n-----END CERTIFICATE-----\n")
+    for name in [n for n in os.environ if n.startswith("PIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # this host's config files stay out
+    monkeypatch.setenv("PIP_INDEX_URL", "https://user:secret@mirror.invalid/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///opt/pypi/simple https://extra.invalid/x")
+    monkeypatch.setenv("PIP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    monkeypatch.setenv("PIP_CERT", str(ca))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+
+    script.write_pip_secrets(secrets)
+
+    conf = configparser.ConfigParser()
+    conf.read(secrets / "pip.conf")
+    assert dict(conf["global"]) == {
+        "index-url": "https://user:secret@mirror.invalid/simple",
+        "extra-index-url": "https://extra.invalid/x",
+        "proxy": "http://proxy.invalid:3128",
+        "cert": "/run/secrets/pip-cert.pem",
+    }
+    assert (secrets / "pip-cert.pem").read_text() == ca.read_text()
+
+
 def test_the_image_runs_janitor_run_as_uid_10001_and_records_what_it_ships(
     image: dict[str, Any],
 ) -> None:
-    """The image's config is what the chart expects (user 10001:10001, `janitor run` at
-    start); the pip list recorded at build time names this version and every dependency of
-    pyproject.toml, and no pip or setuptools."""
+    """The image starts `janitor run` as 10001:10001, and its pip list, recorded at build
+    time, names this version and every dependency, and neither pip nor setuptools."""
     assert image["user"] == "10001:10001"
     assert image["entrypoint"] == ["janitor"]
     assert image["cmd"] == ["run"]
@@ -148,7 +186,7 @@ def test_inside_the_image_the_janitor_is_uid_10001_on_a_read_only_root_without_a
     image: dict[str, Any],
 ) -> None:
     """As the chart's securityContext runs it: UID/GID 10001, no capabilities, no_new_privs,
-    the root filesystem and the venv read-only, HOME pointing nowhere, /tmp writable."""
+    the root and the venv read-only, HOME pointing nowhere, only /tmp writable."""
     result = in_image(["-c", WHOAMI], {}, entrypoint="python3")
 
     assert result.returncode == 0, result.stderr
@@ -244,11 +282,8 @@ def fleets(registry: Registry, tmp_path: Path) -> Iterator[tuple[Fleet, Fleet]]:
 def test_version_check_and_run_in_the_image_match_the_same_commands_outside_it(
     image: dict[str, Any], fleets: tuple[Fleet, Fleet]
 ) -> None:
-    """On two like fleets, one swept from inside the image and one from outside it:
-    `janitor --version` prints the same; `janitor check` finds all five components ok; `janitor
-    run` drops the expired deployment's database and roles, deletes its three tags and the
-    old log index, purges its row, finds the retention ok, exits 0 - the same outcome for
-    every event and target, and the same end state, inside the image as outside."""
+    """`janitor --version`, `check` and `run` inside the image on one fleet and outside it on
+    a like one: same output, exit codes, outcome per event and target, and end state."""
     inside, outside = fleets
     expired, recent, live = releases = inside.seed()
     outside_releases = outside.seed()
