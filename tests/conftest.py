@@ -10,6 +10,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,23 +174,32 @@ CREATE TABLE "houston$default"."Deployment" (
 """
 
 
-@pytest.fixture
-def houston() -> Iterator[Houston]:
-    """A fresh Houston database; drops every database and role the test created."""
+@contextmanager
+def houston_database() -> Iterator[Houston]:
+    """A fresh Houston database; drops it and every database and role seeded through it."""
     token = uuid.uuid4().hex[:8]
     state = Houston(dbname=f"houston_{token}", prefix=f"t{token}")
     with admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(state.dbname)))
-    with psycopg.connect(state.dsn, autocommit=True) as conn:
-        conn.execute(HOUSTON_TABLE)
-    yield state
-    with admin() as conn:
-        for name in sorted(state.databases | {state.dbname}):
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        for role in sorted(state.roles):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(state.dsn, autocommit=True) as conn:
+            conn.execute(HOUSTON_TABLE)
+        yield state
+    finally:
+        with admin() as conn:
+            for name in sorted(state.databases | {state.dbname}):
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            for role in sorted(state.roles):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def houston() -> Iterator[Houston]:
+    """A fresh Houston database; drops every database and role the test created."""
+    with houston_database() as state:
+        yield state
 
 
 @dataclass(frozen=True)
