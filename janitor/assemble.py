@@ -2,35 +2,33 @@
 `run` and `check` alike (README "Configuration").
 
 This is the only module that reads Settings on behalf of the sweepers: below it, every
-module takes plain values, so the name and safety rules stay testable on their own.
+module takes plain values, so the name and safety rules stay testable on their own. A run
+imports only the sweepers and clients it uses (the Elasticsearch and Kubernetes clients
+alone cost more than a logs-only run's work), so each builder imports its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
-from janitor.clients.elasticsearch import connect_elasticsearch
-from janitor.clients.http import HttpOptions
-from janitor.clients.prometheus import connect_prometheus
-from janitor.clients.registry import RegistryClient, connect_registry
-from janitor.config import Settings
+from janitor.config import Settings, Subsystem
 from janitor.errors import ConfigurationError
 from janitor.houston import Table
 from janitor.plan import DeploymentSweeper, Sweeper
 from janitor.postgres import Timeouts
-from janitor.redact import without_credentials
-from janitor.sweepers import databases, logs, metrics, registry
 
 if TYPE_CHECKING:
+    import psycopg
     import requests
     from elasticsearch import Elasticsearch
     from kubernetes.client import ApiClient
+
+    from janitor.clients.registry import RegistryClient
+    from janitor.sweepers.databases import Protected
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,17 @@ class Sweepers:
 
     deployment: tuple[DeploymentSweeper, ...]
     standalone: tuple[Sweeper, ...]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the builders take besides the settings."""
+
+    settings: Settings
+    stack: ExitStack
+    now: datetime
+    houston: psycopg.Connection[Any] | None
+    kube: ApiClient | None
 
 
 def houston_table(settings: Settings) -> Table:
@@ -64,60 +73,65 @@ def sweepers(
     """Every sweeper ``settings.subsystems`` selects; nothing connects before a sweeper's
     ``plan`` or ``problems`` is called. ``houston``: the run's Houston connection, whose
     database and role no template may reach (``check`` drops nothing and needs none)."""
+    run = _Run(settings, stack, now, houston, kube)
     chosen = settings.subsystems
-    deployment: list[DeploymentSweeper] = []
-    standalone: list[Sweeper] = []
-    airflow = settings.airflow_conninfo()
-    if "databases" in chosen and airflow is not None:
-        deployment.append(
-            databases.sweeper(
-                airflow,
-                settings.templates(),
-                protected=_protected(houston),
-                concurrency=settings.concurrency,
-                stack=stack,
-                timeouts=pg_timeouts(settings),
-            )
-        )
-    if "registry" in chosen:
-        deployment.append(
-            registry.sweeper(
-                lambda: registry_client(settings),
-                settings.templates(),
-                concurrency=settings.concurrency,
-                stack=stack,
-            )
-        )
-    if "logs" in chosen:
-        retention = logs.LogRetention(
-            patterns=settings.log_index_patterns,
-            retention_days=settings.log_retention_days,
-            age_source=settings.log_age_source,
-            timestring=settings.log_timestring,
-        )
-        url = settings.elasticsearch_url or ""
-        standalone.append(logs.sweeper(lambda: elasticsearch_client(settings), url, retention, now))
-    if "metrics" in chosen:
-        standalone.append(_metrics(settings, kube))
+    deployment = [_DEPLOYMENT[s](run) for s in chosen if s in _DEPLOYMENT]
+    standalone = [_STANDALONE[s](run) for s in chosen if s in _STANDALONE]
     return Sweepers(tuple(deployment), tuple(standalone))
 
 
-def _protected(houston: psycopg.Connection[Any] | None) -> databases.Protected:
-    """The Houston database and the role the janitor logs in to it as: never dropped."""
-    if houston is None:
-        return databases.Protected()
-    user = conninfo_to_dict(houston.info.dsn).get("user") or houston.info.user
-    return databases.Protected(frozenset({houston.info.dbname}), frozenset({str(user)}))
+def _databases(run: _Run) -> DeploymentSweeper:
+    from janitor.sweepers import databases
+
+    settings = run.settings
+    return databases.sweeper(
+        settings.airflow_conninfo() or "",
+        settings.templates(),
+        protected=_protected(run.houston),
+        concurrency=settings.concurrency,
+        stack=run.stack,
+        timeouts=pg_timeouts(settings),
+    )
 
 
-def _metrics(settings: Settings, kube: ApiClient | None) -> Sweeper:
+def _registry(run: _Run) -> DeploymentSweeper:
+    from janitor.sweepers import registry
+
+    settings = run.settings
+    return registry.sweeper(
+        lambda: registry_client(settings),
+        settings.templates(),
+        concurrency=settings.concurrency,
+        stack=run.stack,
+    )
+
+
+def _logs(run: _Run) -> Sweeper:
+    from janitor.sweepers import logs
+
+    settings = run.settings
+    retention = logs.LogRetention(
+        patterns=settings.log_index_patterns,
+        retention_days=settings.log_retention_days,
+        age_source=settings.log_age_source,
+        timestring=settings.log_timestring,
+    )
+    url = settings.elasticsearch_url or ""
+    return logs.sweeper(lambda: elasticsearch_client(settings), url, retention, run.now)
+
+
+def _metrics(run: _Run) -> Sweeper:
+    from janitor.redact import without_credentials
+    from janitor.sweepers import metrics
+
+    settings = run.settings
     expected = settings.metrics_retention_days
     if settings.prometheus_source == "kubernetes":
         namespace, name = settings.kubernetes_namespace or "", settings.prometheus_name
         kind = settings.prometheus_kind
         return metrics.sweeper(
             lambda: metrics.kubernetes_retention(
-                kube or _kubeconfig_client(), namespace=namespace, name=name, kind=kind
+                run.kube or _kubeconfig_client(), namespace=namespace, name=name, kind=kind
             ),
             metrics.kubernetes_target(namespace=namespace, name=name, kind=kind),
             expected,
@@ -130,6 +144,25 @@ def _metrics(settings: Settings, kube: ApiClient | None) -> Sweeper:
     return metrics.sweeper(read, without_credentials(url), expected)
 
 
+_DEPLOYMENT: dict[Subsystem, Callable[[_Run], DeploymentSweeper]] = {
+    "databases": _databases,
+    "registry": _registry,
+}
+_STANDALONE: dict[Subsystem, Callable[[_Run], Sweeper]] = {"logs": _logs, "metrics": _metrics}
+
+
+def _protected(houston: psycopg.Connection[Any] | None) -> Protected:
+    """The Houston database and the role the janitor logs in to it as: never dropped."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from janitor.sweepers.databases import Protected
+
+    if houston is None:
+        return Protected()
+    user = conninfo_to_dict(houston.info.dsn).get("user") or houston.info.user
+    return Protected(frozenset({houston.info.dbname}), frozenset({str(user)}))
+
+
 def _basic_auth(settings: Settings, remote: str) -> dict[str, Any]:
     """A remote's user name, password and CA bundle, as its client takes them."""
     return {
@@ -140,6 +173,9 @@ def _basic_auth(settings: Settings, remote: str) -> dict[str, Any]:
 
 
 def registry_client(settings: Settings) -> RegistryClient:
+    from janitor.clients.http import HttpOptions
+    from janitor.clients.registry import connect_registry
+
     # The pool size is what bounds requests in flight (JANITOR_CONCURRENCY).
     options = HttpOptions(pool_size=settings.concurrency)
     token = settings.reveal("registry_token")
@@ -148,12 +184,16 @@ def registry_client(settings: Settings) -> RegistryClient:
 
 
 def elasticsearch_client(settings: Settings) -> Elasticsearch:
+    from janitor.clients.elasticsearch import connect_elasticsearch
+
     api_key = settings.reveal("elasticsearch_api_key")
     auth = _basic_auth(settings, "elasticsearch")
     return connect_elasticsearch(settings.elasticsearch_url or "", api_key=api_key, **auth)
 
 
 def prometheus_client(settings: Settings) -> requests.Session:
+    from janitor.clients.prometheus import connect_prometheus
+
     return connect_prometheus(
         token=settings.reveal("prometheus_token"), **_basic_auth(settings, "prometheus")
     )
@@ -161,7 +201,7 @@ def prometheus_client(settings: Settings) -> requests.Session:
 
 def _kubeconfig_client() -> ApiClient:
     """Outside a cluster (an operator's shell), the current kubeconfig context."""
-    import kubernetes.config  # noqa: PLC0415 - the Kubernetes client is heavy: only when used
+    import kubernetes.config
 
     try:
         return kubernetes.config.new_client_from_config()  # type: ignore[no-untyped-call, no-any-return]

@@ -1,23 +1,19 @@
-"""Command line (README "Command line"): run, plan, check, --version; exit codes."""
+"""Command line (README "Command line"): run, plan, check, --version.
+
+Only argument parsing lives here: `janitor --version` and `--help` import nothing else, and
+a command imports what it uses (janitor.commands).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from janitor import __version__
-from janitor.config import load_settings, unknown_variables
-from janitor.errors import ConfigurationError, ExitCode
-from janitor.events import default_format, make_logger, new_run_id
-from janitor.lease import in_cluster_api_client
-from janitor.preflight import check
-from janitor.runner import run
-from janitor.stopping import Stop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,39 +56,14 @@ def main(
     environ: Mapping[str, str] | None = None,
     stdout: TextIO | None = None,
 ) -> int:
+    """Runs the command ``argv`` names and returns its exit code (README "Exit codes")."""
     args = _parser().parse_args(argv)
-    out = stdout if stdout is not None else sys.stdout
-    env = environ if environ is not None else os.environ
-    for warning in unknown_variables(env):
-        print(f"janitor: warning: {warning}", file=sys.stderr)
-    try:
-        settings = load_settings(_flags(args), env, args.config)
-    except ConfigurationError as exc:
-        # README "Exit codes": a configuration error is a plain line on stderr, exit 2, no events.
-        print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_CONFIGURATION
-    if not settings.subsystems:
-        print(
-            "janitor: invalid configuration: nothing to do: configure at least one of "
-            "JANITOR_HOUSTON_DSN, JANITOR_ELASTICSEARCH_URL, JANITOR_PROMETHEUS_URL",
-            file=sys.stderr,
-        )
-        return ExitCode.INVALID_CONFIGURATION
-    log = make_logger(
-        settings.log_format or default_format(out),
-        run_id=new_run_id(),
-        dry_run=settings.dry_run,
-        secrets=settings.secrets(),
-        stream=out,
+    from janitor import commands  # noqa: PLC0415 - --version and --help need none of it
+
+    return commands.execute(
+        args.command,
+        _flags(args),
+        args.config,
+        environ=environ if environ is not None else os.environ,
+        stdout=stdout if stdout is not None else sys.stdout,
     )
-    try:
-        kube = in_cluster_api_client()
-    except ConfigurationError as exc:
-        print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_CONFIGURATION
-    if args.command == "check":
-        return check(settings, log, kube=kube)
-    stop = Stop()
-    # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
-    with stop.on_signals(signal.SIGTERM, signal.SIGINT):
-        return run(settings, log, kube=kube, stop=stop)

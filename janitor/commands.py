@@ -1,0 +1,74 @@
+"""What each command does once its arguments are parsed: load settings, make the logger,
+then `janitor run`/`plan` (janitor.runner) or `janitor check` (janitor.preflight)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from janitor.config import load_settings, unknown_variables
+from janitor.errors import ConfigurationError, ExitCode
+from janitor.events import default_format, make_logger, new_run_id
+from janitor.preflight import check
+from janitor.runner import run
+from janitor.stopping import Stop
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+# Set by the kubelet in every container: its absence means "not in a cluster".
+IN_CLUSTER = "KUBERNETES_SERVICE_HOST"
+
+
+def execute(
+    command: str,
+    flags: Mapping[str, Any],
+    config_file: Path | None,
+    *,
+    environ: Mapping[str, str],
+    stdout: TextIO,
+) -> int:
+    """Runs ``command`` (run, plan or check) and returns its exit code."""
+    for warning in unknown_variables(environ):
+        print(f"janitor: warning: {warning}", file=sys.stderr)
+    try:
+        settings = load_settings(flags, environ, config_file)
+        kube = _kubernetes_client()
+    except ConfigurationError as exc:
+        # README "Exit codes": a configuration error is a plain line on stderr, exit 2, no events.
+        print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_CONFIGURATION
+    if not settings.subsystems:
+        print(
+            "janitor: invalid configuration: nothing to do: configure at least one of "
+            "JANITOR_HOUSTON_DSN, JANITOR_ELASTICSEARCH_URL, JANITOR_PROMETHEUS_URL",
+            file=sys.stderr,
+        )
+        return ExitCode.INVALID_CONFIGURATION
+    log = make_logger(
+        settings.log_format or default_format(stdout),
+        run_id=new_run_id(),
+        dry_run=settings.dry_run,
+        secrets=settings.secrets(),
+        stream=stdout,
+    )
+    if command == "check":
+        return check(settings, log, kube=kube)
+    stop = Stop()
+    # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
+    with stop.on_signals(signal.SIGTERM, signal.SIGINT):
+        return run(settings, log, kube=kube, stop=stop)
+
+
+def _kubernetes_client() -> ApiClient | None:
+    """The pod's API client in a cluster; outside one the Kubernetes client (a heavy import)
+    is not even loaded."""
+    if not os.environ.get(IN_CLUSTER):
+        return None
+    from janitor.lease import in_cluster_api_client  # noqa: PLC0415 - only in a cluster
+
+    return in_cluster_api_client()
