@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
     from janitor.clients.registry import RegistryClient
+    from janitor.orphan_records import Records
     from janitor.sweepers.databases import Protected
+    from janitor.sweepers.orphans import Stores
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,34 @@ _DEPLOYMENT: dict[Subsystem, Callable[[_Run], DeploymentSweeper]] = {
     "registry": _registry,
 }
 _STANDALONE: dict[Subsystem, Callable[[_Run], Sweeper]] = {"logs": _logs, "metrics": _metrics}
+
+
+def orphan_stores(settings: Settings, houston: psycopg.Connection[Any]) -> Stores:
+    """The stores an audit reads (README "Orphans: janitor audit"): the Airflow database
+    server when the databases are swept, the registry when it is; ``houston`` is the
+    connection whose database and role are protected."""
+    from janitor import postgres
+    from janitor.redact import without_credentials
+    from janitor.sweepers.orphans import Stores
+
+    chosen = settings.subsystems
+    conninfo = settings.airflow_conninfo() or ""
+    timeouts = pg_timeouts(settings)
+    return Stores(
+        airflow=(lambda: postgres.connect(conninfo, timeouts)) if "databases" in chosen else None,
+        airflow_name=postgres.server_name(conninfo),
+        protected=_protected(houston),
+        registry=(lambda: registry_client(settings)) if "registry" in chosen else None,
+        registry_name=without_credentials(settings.registry_url or ""),
+        concurrency=settings.concurrency,
+    )
+
+
+def orphan_records(settings: Settings) -> Records:
+    """The janitor's orphan records: in the Houston table's schema."""
+    from janitor.orphan_records import Records
+
+    return Records(settings.houston_schema)
 
 
 def _protected(houston: psycopg.Connection[Any] | None) -> Protected:

@@ -1,4 +1,4 @@
-"""Command line (README "Command line"): run, plan, check, --version.
+"""Command line (README "Command line"): run, plan, check, audit, --version.
 
 Only argument parsing lives here: `janitor --version` and `--help` import nothing else, and
 a command imports what it uses (janitor.commands).
@@ -32,20 +32,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     selectors.add_argument("--concurrency", metavar="N", help="parallel deletions (default 8)")
     selectors.add_argument("--log-format", metavar="FORMAT", help="json or console")
-    run_cmd = commands.add_parser("run", parents=[selectors], help="one janitor run")
+    adopting = argparse.ArgumentParser(add_help=False)
+    adopting.add_argument(
+        "--adopt-orphans",
+        action="store_true",
+        default=None,
+        help="also sweep orphans found for JANITOR_ORPHAN_GRACE_DAYS (see README)",
+    )
+    run_cmd = commands.add_parser("run", parents=[selectors, adopting], help="one janitor run")
     run_cmd.add_argument("--dry-run", action="store_true", default=None, help="read only")
-    commands.add_parser("plan", parents=[selectors], help="what a run would do (= run --dry-run)")
+    commands.add_parser(
+        "plan", parents=[selectors, adopting], help="what a run would do (= run --dry-run)"
+    )
     commands.add_parser("check", parents=[selectors], help="connectivity and permissions preflight")
+    audit = commands.add_parser(
+        "audit", help="databases, roles and repositories no deployment row accounts for"
+    )
+    audit.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    audit.add_argument("--log-format", metavar="FORMAT", help="json or console")
     return parser
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {
-        "only": args.only,
-        "max_deletions": args.max_deletions,
-        "concurrency": args.concurrency,
-        "log_format": args.log_format,
-    }
+    names = ("only", "max_deletions", "concurrency", "log_format", "adopt_orphans")
+    flags = {name: getattr(args, name, None) for name in names}
     if args.command == "plan" or getattr(args, "dry_run", None):
         flags["dry_run"] = True
     return flags

@@ -1,5 +1,6 @@
 """What each command does once its arguments are parsed: load settings, make the logger,
-then `janitor run`/`plan` (janitor.runner) or `janitor check` (janitor.preflight)."""
+then `janitor run`/`plan` (janitor.runner), `janitor check` (janitor.preflight) or
+`janitor audit` (janitor.audit)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def execute(
     environ: Mapping[str, str],
     stdout: TextIO,
 ) -> int:
-    """Runs ``command`` (run, plan or check) and returns its exit code."""
+    """Runs ``command`` (run, plan, check or audit) and returns its exit code."""
     for warning in unknown_variables(environ):
         print(f"janitor: warning: {warning}", file=sys.stderr)
     try:
@@ -41,6 +42,14 @@ def execute(
     except ConfigurationError as exc:
         # README "Exit codes": a configuration error is a plain line on stderr, exit 2, no events.
         print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_CONFIGURATION
+    if command == "audit" and not {"databases", "registry"} & set(settings.subsystems):
+        # README "Orphans": what no deployment row accounts for needs the deployments table.
+        print(
+            "janitor: invalid configuration: janitor audit needs JANITOR_HOUSTON_DSN "
+            "(the deployments table) and the databases or the registry to audit",
+            file=sys.stderr,
+        )
         return ExitCode.INVALID_CONFIGURATION
     if not settings.subsystems:
         print(
@@ -58,6 +67,10 @@ def execute(
     )
     if command == "check":
         return check(settings, log, kube=kube)
+    if command == "audit":
+        from janitor.audit import command as audit  # noqa: PLC0415 - only `janitor audit`
+
+        return audit(settings, log)
     stop = Stop()
     # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
     with stop.on_signals(signal.SIGTERM, signal.SIGINT):

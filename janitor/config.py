@@ -255,6 +255,8 @@ class Settings(BaseModel):
     deadline_seconds: DeadlineSeconds = 0
     log_format: Literal["json", "console"] | None = None
     only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list)] = None
+    adopt_orphans: bool = False
+    orphan_grace_days: Days = 7
 
     _dsns = field_validator("houston_dsn", "airflow_dsn")(_check_dsn)
     _postgres_names = field_validator(
@@ -343,6 +345,13 @@ class Settings(BaseModel):
                 "JANITOR_PROMETHEUS_SOURCE=kubernetes needs JANITOR_PROMETHEUS_NAMESPACE "
                 "(or JANITOR_LEASE_NAMESPACE, the pod's namespace)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _adoption_has_a_houston(self) -> Settings:
+        # Orphans are what no row accounts for: without the deployments table there are none.
+        if self.adopt_orphans and self.houston_dsn is None:
+            raise ValueError("JANITOR_ADOPT_ORPHANS (--adopt-orphans) needs JANITOR_HOUSTON_DSN")
         return self
 
     @property

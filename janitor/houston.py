@@ -128,6 +128,13 @@ def read_fleet(
     return Fleet(expired=tuple(valid), rejected=tuple(rejected))
 
 
+def release_names(conn: psycopg.Connection[Any], table: Table) -> frozenset[str]:
+    """The release name of every row, live, soft-deleted or expired, in one query: what
+    accounts for a database, role or repository (README "Orphans: janitor audit")."""
+    query = sql.SQL("SELECT DISTINCT {release}::text FROM {table} WHERE {release} IS NOT NULL")
+    return frozenset(row[0] for row in conn.execute(query.format(**table.columns())))
+
+
 def _names_in_use(
     conn: psycopg.Connection[Any], table: Table, names: Sequence[str], params: dict[str, Any]
 ) -> set[str]:

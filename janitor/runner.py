@@ -12,15 +12,16 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from janitor import __version__, assemble, houston, postgres
+from janitor import __version__, assemble, houston, orphan_records, postgres
 from janitor.config import Settings
 from janitor.errors import ConfigurationError, ExitCode
 from janitor.events import Log, Recorder
@@ -48,10 +49,15 @@ if TYPE_CHECKING:
 
     from kubernetes.client import ApiClient
 
+    from janitor.audit import Adoption
+
     Clock = Callable[[], datetime]
 
 GONE = frozenset({"done", "absent"})
 NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"
+NO_LONGER_ORPHAN = (
+    "a deployment row now holds this release, or its orphan records changed since the plan"
+)
 
 
 def utc_now() -> datetime:
@@ -281,6 +287,10 @@ def build_plan(
         )
         works = [DeploymentWork(d) for d in fleet.expired]
         works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
+        if settings.adopt_orphans and stop.reason() is None:
+            adoption = _adoption(settings, main, now)
+            steps += adoption.steps
+            works += [DeploymentWork(d, adopted=first) for d, first in adoption.adopted]
         expired = [w.deployment for w in works if w.blocked is None]
         missing = houston.missing_privileges(main, table)
         denied = houston.privilege_fix(main, table, missing) if missing else None
@@ -296,7 +306,8 @@ def build_plan(
             if part.unswept is not None:
                 blocked.append(part.unswept)
         if denied is not None:
-            works = [_deny(w, denied) for w in works]
+            # An adopted orphan has no row: its records stand for it (janitor.orphan_records).
+            works = [w if w.adopted else _deny(w, denied) for w in works]
     for standalone in sweepers.standalone:
         stopped = stop.reason()
         if stopped is None:
@@ -305,6 +316,14 @@ def build_plan(
             steps.append(final(Action(standalone.event, standalone.subsystem, skipped(stopped))))
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
+
+
+def _adoption(settings: Settings, main: psycopg.Connection[Any], now: datetime) -> Adoption:
+    """``--adopt-orphans`` (README "Orphans: janitor audit"): the audit's events and the
+    orphan releases found for the grace period, to sweep like expired deployments."""
+    from janitor.audit import adoption  # noqa: PLC0415 - only runs that adopt orphans
+
+    return adoption(settings, main, now=now)
 
 
 def _deployment_plan(sweeper: DeploymentSweeper, expired: Sequence[Deployment]) -> DeploymentPlan:
@@ -368,7 +387,7 @@ def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
     for action in plan.actions():
         recorder.action(action, skipped(refusal) if action.deletes else action.planned)
     for work in plan.deployments:
-        recorder.action(_purge_action(work.deployment), skipped(refusal))
+        recorder.action(_purge_action(work), skipped(refusal))
 
 
 def execute(plan: Plan, context: Context) -> None:
@@ -401,18 +420,68 @@ def _settle(step: Step, context: Context, *, alone: bool = True) -> list[Result]
     return results
 
 
-def _purge_action(deployment: Deployment) -> Action:
+def _purge_action(work: DeploymentWork) -> Action:
+    deployment = work.deployment
+    fields: dict[str, Any] = {"id": deployment.id, "deleted_at": deployment.deleted_at}
+    if work.adopted is not None:
+        fields = {"adopted_orphan": True, "first_seen": work.adopted}
     return Action(
         "deployment.purge",
         deployment.release_name or deployment.id,
         PLANNED,
         deployment.release_name or None,
-        {"id": deployment.id, "deleted_at": deployment.deleted_at},
+        fields,
+    )
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What stands for a deployment in Houston: its row, or an adopted orphan's records."""
+
+    lock: Callable[[psycopg.Connection[Any]], AbstractContextManager[bool]]
+    purge: Callable[[psycopg.Connection[Any]], Result]
+    table: sql.Composed
+    waited: str
+    gone: str
+    """Why nothing is done when the lock finds it no longer to be swept."""
+
+
+def _row(work: DeploymentWork, context: Context) -> _Row:
+    deployment, settings = work.deployment, context.settings
+    if work.adopted is None:
+        return _Row(
+            lock=lambda conn: houston.locked_if_expired(
+                conn,
+                context.table,
+                deployment,
+                now=context.now,
+                retention_days=settings.retention_days,
+            ),
+            purge=lambda conn: houston.purge(conn, context.table, deployment),
+            table=context.table.ident(),
+            waited=f"the row of deployment {deployment.release_name or deployment.id} in "
+            f"{context.table.table}",
+            gone=NO_LONGER_EXPIRED,
+        )
+    records = assemble.orphan_records(settings)
+    release = deployment.release_name
+    return _Row(
+        lock=lambda conn: orphan_records.locked_if_adopted(
+            conn,
+            release,
+            records=records,
+            table=context.table,
+            cutoff=context.now - timedelta(days=settings.orphan_grace_days),
+        ),
+        purge=lambda conn: orphan_records.forget(conn, records, release),
+        table=records.ident(),
+        waited=f"the orphan records of release {release} in {records.table}",
+        gone=NO_LONGER_ORPHAN,
     )
 
 
 def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> None:
-    purge = _purge_action(work.deployment)
+    purge = _purge_action(work)
     if work.blocked is not None:
         context.recorder.action(purge, skipped(work.blocked))
         return
@@ -432,31 +501,21 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
         return
     if context.houston_pool is None:  # unreachable: real runs with deployments open it
         raise RuntimeError("no Houston connection pool")
+    row = _row(work, context)
     with context.houston_pool.connection() as conn:
         try:
-            with houston.locked_if_expired(
-                conn,
-                context.table,
-                work.deployment,
-                now=context.now,
-                retention_days=context.settings.retention_days,
-            ) as still_expired:
+            with row.lock(conn) as still_expired:
                 if not still_expired:
-                    _skip_all(work, purge, NO_LONGER_EXPIRED, context)
+                    _skip_all(work, purge, row.gone, context)
                     return
                 results = [r for step in work.steps for r in _settle(step, context, alone=False)]
                 reason = keep_reason(results, plan.purge_blocked) or _remaining(work)
-                result = (
-                    skipped(reason)
-                    if reason
-                    else houston.purge(conn, context.table, work.deployment)
-                )
+                result = skipped(reason) if reason else row.purge(conn)
                 context.recorder.action(purge, result)
         except psycopg.errors.LockNotAvailable:
-            holders = postgres.table_holders(conn, context.table.ident().as_string(conn))
-            waited = f"the row of deployment {purge.target} in {context.table.table}"
+            holders = postgres.table_holders(conn, row.table.as_string(conn))
             timeouts = assemble.pg_timeouts(context.settings)
-            error = postgres.lock_wait(waited, timeouts, holders)
+            error = postgres.lock_wait(row.waited, timeouts, holders)
             _skip_steps(work, "the deployment row lock was not obtained", context)
             context.recorder.action(purge, failed(error))
 

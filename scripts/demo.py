@@ -1,7 +1,8 @@
 """`make demo`: the janitor's main job against a local sandbox.
 
 Starts the local services, seeds a small fleet (live, recently deleted, expired,
-half-cleaned), then shows a dry run, a real run, and a second run with nothing to do.
+half-cleaned) and an orphan (a database, roles and images whose row is gone), then shows a
+dry run, a real run, a second run with nothing to do, and an audit finding the orphan.
 Everything it creates is named after the demo's releases; rerunning starts afresh.
 """
 
@@ -37,6 +38,8 @@ FLEET: dict[str, float | None] = {
     "lunar-eclipse-2468": 30,
 }
 HALF_CLEANED = "lunar-eclipse-2468"
+# Its row is gone (a hard delete that died halfway): only `janitor audit` finds what is left.
+ORPHAN = "ghost-comet-1357"
 LOG_DAYS = (1, 7, 14, 16, 20, 30)
 
 
@@ -52,7 +55,7 @@ def names(release: str) -> tuple[str, list[str]]:
 
 def reset_and_seed() -> None:
     with psycopg.connect(ADMIN, autocommit=True) as conn:
-        for release in FLEET:
+        for release in [*FLEET, ORPHAN]:
             database, roles = names(release)
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
@@ -63,7 +66,7 @@ def reset_and_seed() -> None:
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(HOUSTON_DB))
         )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOUSTON_DB)))
-        for release in FLEET:
+        for release in [*FLEET, ORPHAN]:
             database, roles = names(release)
             for role in roles:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
@@ -94,6 +97,7 @@ def reset_and_seed() -> None:
         state = "live" if days is None else f"deleted {days:g} days ago"
         extra = " (a crash left it half-cleaned: database gone, roles left)"
         print(f"  {release:<22} {state}{extra if release == HALF_CLEANED else ''}")
+    print(f"  ({ORPHAN}: no row, but its database, roles and images are still there)")
 
 
 def seed_logs(es: ElasticsearchStandin) -> None:
@@ -108,7 +112,7 @@ def seed_logs(es: ElasticsearchStandin) -> None:
 
 def seed_images(registry: Registry) -> None:
     pusher = registry.pusher()
-    for release in FLEET:
+    for release in [*FLEET, ORPHAN]:
         repository = f"{release}/airflow"
         image = pusher.image(repository, "deploy-1", label=release)
         pusher.put_manifest(repository, "latest", image)  # two tags, one digest
@@ -186,8 +190,10 @@ def demo() -> int:
         codes.append(janitor("run", env=env))
         show_state()
         show_tags(registry)
+        banner(f"4. Audit: what no deployment row accounts for (finds {ORPHAN})")
+        codes.append(janitor("audit", env=env))
     banner(f"Exit codes: {codes} (0 = everything done)")
-    return 0 if codes == [0, 0, 0] else 1
+    return 0 if codes == [0, 0, 0, 0] else 1
 
 
 if __name__ == "__main__":
