@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from janitor import pushgateway
 from janitor.config import Settings, Subsystem
 from janitor.errors import ConfigurationError
 from janitor.houston import Table
@@ -149,6 +150,22 @@ _DEPLOYMENT: dict[Subsystem, Callable[[_Run], DeploymentSweeper]] = {
     "registry": _registry,
 }
 _STANDALONE: dict[Subsystem, Callable[[_Run], Sweeper]] = {"logs": _logs, "metrics": _metrics}
+
+
+def pushgateway_target(settings: Settings) -> pushgateway.Target | None:
+    """Where a real run pushes its metrics (README "Run metrics"): grouped by the Houston
+    database's name; None for a dry run or without JANITOR_PUSHGATEWAY_URL."""
+    if settings.pushgateway_url is None or settings.dry_run:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    conninfo = settings.houston_conninfo()
+    database = conninfo_to_dict(conninfo).get("dbname") if conninfo is not None else None
+    return pushgateway.Target(
+        settings.pushgateway_url,
+        str(database or pushgateway.DEFAULT_INSTANCE),
+        float(settings.pushgateway_timeout_seconds),
+    )
 
 
 def _protected(houston: psycopg.Connection[Any] | None) -> Protected:

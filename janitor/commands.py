@@ -49,19 +49,28 @@ def execute(
             file=sys.stderr,
         )
         return ExitCode.INVALID_CONFIGURATION
+    log_format = settings.log_format or default_format(stdout)
+    view = None
+    if log_format == "console":
+        # README "Console view": the same events, rendered for a person at a terminal.
+        from janitor.console import console_view  # noqa: PLC0415 - rich for the console only
+
+        view = console_view(stdout, sys.stderr)
     log = make_logger(
-        settings.log_format or default_format(stdout),
+        log_format,
         run_id=new_run_id(),
         dry_run=settings.dry_run,
         secrets=settings.secrets(),
         stream=stdout,
+        view=view,
     )
     if command == "check":
         return check(settings, log, kube=kube)
     stop = Stop()
     # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
     with stop.on_signals(signal.SIGTERM, signal.SIGINT):
-        return run(settings, log, kube=kube, stop=stop)
+        progress = view.progress if view is not None else None
+        return run(settings, log, kube=kube, stop=stop, progress=progress)
 
 
 def _kubernetes_client() -> ApiClient | None:

@@ -118,6 +118,8 @@ LeaseSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=15, le=36
 LockSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=3600)]
 # 0 is no deadline; a week bounds it where a Job's activeDeadlineSeconds would anyway.
 DeadlineSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=7 * 86400)]
+# A push is the run's last act before run.finished: a minute already delays that line a lot.
+PushSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=60)]
 # A CA bundle must exist before anything connects, whichever remote it is for.
 CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
@@ -241,6 +243,9 @@ class Settings(BaseModel):
     prometheus_name: str = "astronomer-prometheus"
     metrics_retention_days: Days = 15
 
+    pushgateway_url: str | None = None
+    pushgateway_timeout_seconds: PushSeconds = 10
+
     lease_name: str = "astro-janitor"
     lease_namespace: str | None = None
     lease_duration_seconds: LeaseSeconds = 60
@@ -274,7 +279,7 @@ class Settings(BaseModel):
     def _registry_url(cls, value: str | None) -> str | None:
         return _check_url(value, allow_none_word=True)
 
-    @field_validator("elasticsearch_url", "prometheus_url")
+    @field_validator("elasticsearch_url", "prometheus_url", "pushgateway_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _check_url(value)
@@ -428,7 +433,13 @@ class Settings(BaseModel):
             password = redact.dsn_password(secret) if name.endswith("_dsn") else secret
             if password:
                 found.append(password)
-        for url in (self.registry_url, self.elasticsearch_url, self.prometheus_url):
+        urls = (
+            self.registry_url,
+            self.elasticsearch_url,
+            self.prometheus_url,
+            self.pushgateway_url,
+        )
+        for url in urls:
             password = redact.url_password(url) if url else None
             if password:
                 found.append(password)

@@ -128,6 +128,18 @@ def read_fleet(
     return Fleet(expired=tuple(valid), rejected=tuple(rejected))
 
 
+def count_expired(
+    conn: psycopg.Connection[Any], table: Table, *, now: datetime, retention_days: int
+) -> int:
+    """How many rows are past the window at ``now``, whatever their names (README "Run
+    metrics": janitor_expired_deployments_remaining)."""
+    query = sql.SQL("SELECT count(*) FROM {table} WHERE {expired}").format(
+        expired=table.expired_condition(), **table.columns()
+    )
+    ((count,),) = conn.execute(query, {"now": now, "days": retention_days}).fetchall()
+    return int(count)
+
+
 def _names_in_use(
     conn: psycopg.Connection[Any], table: Table, names: Sequence[str], params: dict[str, Any]
 ) -> set[str]:

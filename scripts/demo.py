@@ -1,8 +1,10 @@
 """`make demo`: the janitor's main job against a local sandbox.
 
 Starts the local services, seeds a small fleet (live, recently deleted, expired,
-half-cleaned), then shows a dry run, a real run, and a second run with nothing to do.
-Everything it creates is named after the demo's releases; rerunning starts afresh.
+half-cleaned), then shows a dry run, a real run, and a second run with nothing to do, each
+in the console view (README "Console view"), and the run metrics the real runs pushed to a
+Pushgateway. Everything it creates is named after the demo's releases; rerunning starts
+afresh.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import requests
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.es_standin import ElasticsearchStandin, running_standin  # noqa: E402
 from tests.prometheus_server import running_prometheus  # noqa: E402 - after sys.path setup
+from tests.pushgateway_server import Pushgateway, running_pushgateway  # noqa: E402
 from tests.registry_server import Registry, run_registry  # noqa: E402
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -146,8 +150,20 @@ def show_state() -> None:
     print(f"deployment databases left: {', '.join(dbs)}")
 
 
-def start_services(stack: ExitStack) -> tuple[dict[str, str], Registry]:
-    """Real PostgreSQL, Prometheus and registry; the ES 8 stand-in; the janitor's env."""
+def show_metrics(gateway: Pushgateway) -> None:
+    """The run metrics the last real run pushed, as Prometheus would scrape them."""
+    exposition = requests.get(f"http://{gateway.address}/metrics", timeout=10).text
+    pushed = [line for line in exposition.splitlines() if line.startswith("janitor_")]
+    print("run metrics on the Pushgateway:")
+    for line in pushed:
+        # Counts of events the run did not report are pushed as 0; they say nothing here.
+        if not line.startswith("janitor_last_run_actions") or not line.endswith(" 0"):
+            print(f"  {line}")
+
+
+def start_services(stack: ExitStack) -> tuple[dict[str, str], Registry, Pushgateway]:
+    """Real PostgreSQL, Prometheus, Pushgateway and registry; the ES 8 stand-in; the
+    janitor's env."""
     subprocess.run(["bash", str(ROOT / "scripts" / "ensure-services.sh")], check=True)
     sandbox = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="janitor-demo-")))
     prometheus = stack.enter_context(
@@ -159,20 +175,23 @@ def start_services(stack: ExitStack) -> tuple[dict[str, str], Registry]:
     # No Elasticsearch server package exists for Debian; the tests' ES 8 stand-in plays it.
     elasticsearch = stack.enter_context(running_standin())
     print(f"Elasticsearch stand-in (ES 8 API) on {elasticsearch.url}")
+    gateway = stack.enter_context(running_pushgateway(sandbox / "pushgateway"))
+    print(f"Prometheus Pushgateway on {gateway.url}")
     seed_logs(elasticsearch)
     env = {
         "JANITOR_HOUSTON_DSN": HOUSTON,
         "JANITOR_REGISTRY_URL": registry.url,
         "JANITOR_ELASTICSEARCH_URL": elasticsearch.url,
         "JANITOR_PROMETHEUS_URL": prometheus,
+        "JANITOR_PUSHGATEWAY_URL": gateway.url,
     }
-    return env, registry
+    return env, registry, gateway
 
 
 def demo() -> int:
     with ExitStack() as stack:
         banner("Starting the local services")
-        env, registry = start_services(stack)
+        env, registry, gateway = start_services(stack)
         banner("Seeding a small fleet")
         reset_and_seed()
         seed_images(registry)
@@ -182,6 +201,7 @@ def demo() -> int:
         codes.append(janitor("run", env=env))
         show_state()
         show_tags(registry)
+        show_metrics(gateway)
         banner("3. Second run: nothing left to do")
         codes.append(janitor("run", env=env))
         show_state()
