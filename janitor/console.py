@@ -23,6 +23,7 @@ from rich.progress import Progress as RichProgress
 from structlog.typing import EventDict, WrappedLogger
 
 from janitor.config import Settings
+from janitor.errors import ExitCode
 from janitor.events import HEAD_KEYS, Unit
 from janitor.naming import reaching_pattern
 
@@ -57,11 +58,11 @@ MARKS = (
     ("ok", " "),
 )
 EXIT_MEANINGS = {
-    0: "everything done",
-    1: "an action failed, or the run could not finish",
-    2: "invalid configuration",
-    3: "no failures, but the Prometheus retention does not match",
-    4: "refused by the safety guard (--max-deletions): nothing was changed",
+    ExitCode.OK: "everything done",
+    ExitCode.FAILED: "an action failed, or the run could not finish",
+    ExitCode.INVALID_CONFIGURATION: "invalid configuration",
+    ExitCode.RETENTION_MISMATCH: "no failures, but the Prometheus retention does not match",
+    ExitCode.GUARD_REFUSED: "refused by the safety guard (--max-deletions): nothing was changed",
 }
 # run.finished keys the summary shows itself; any other one is printed as it is.
 SHOWN = frozenset({*HEAD_KEYS, "counts", "exit_code", "duration_s"})
@@ -366,7 +367,7 @@ def _totals(counts: Mapping[str, Mapping[str, int]]) -> list[str]:
 
 def _ending(finished: Event) -> list[str]:
     code = finished.get("exit_code")
-    meaning = EXIT_MEANINGS.get(code, "") if isinstance(code, int) else ""
+    meaning = next((text for known, text in EXIT_MEANINGS.items() if known == code), "")
     lines = [f"Exit code {code}: {meaning}" if meaning else f"Exit code {code}"]
     if finished.get("dry_run"):
         lines.append("This was a plan: nothing was changed.")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from janitor.cli import main
+from janitor.naming import reaching_pattern
 from tests.conftest import Houston
 from tests.es_standin import Cluster, es_cluster, standin_only  # noqa: F401 - pytest fixture
 from tests.loopback import free_port
@@ -292,6 +293,29 @@ def test_json_lines_stay_the_contract_when_stdout_is_no_terminal(fleet: Fleet) -
     assert events[0]["config"]["log_format"] is None
     assert sum(e["event"] == "registry.tag.delete" for e in events) == 4
     assert all({"timestamp", "level", "run_id", "dry_run"} <= e.keys() for e in events)
+
+
+@pytest.mark.parametrize(
+    ("index", "pattern"),
+    [
+        ("fluentd.nova-1.2026.11.01", "fluentd.*"),
+        ("vector.nova-1.2026.11.01", "vector.*"),
+        (".ds-logs-airflow-2026.11.01-000002", "logs-airflow"),  # 7.11+: date and generation
+        (".ds-logs-airflow-000002", "logs-airflow"),  # 7.9 and 7.10: generation only
+        (".ds-.logs-airflow-2026.11.01-000001", ".logs-airflow"),  # a hidden data stream
+        (".ds-fluentd.x-2026.11.01-000001", "fluentd.*"),
+        (".ds-unrelated-2026.11.01-000001", None),
+        (".ds-logs-airflow", None),  # not a backing index's name: never matched directly
+        ("metrics-nova", None),
+    ],
+)
+def test_log_indices_are_listed_under_the_pattern_that_reached_them(
+    index: str, pattern: str | None
+) -> None:
+    """The console groups an index under the pattern matching its name, and a data stream's
+    backing index under the pattern matching its stream, as Elasticsearch names them."""
+    patterns = ("fluentd.*", "vector.*", "logs-airflow", ".logs-airflow")
+    assert reaching_pattern(index, patterns) == pattern
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
