@@ -87,11 +87,11 @@ def server_major(version: int) -> int:
     return version // 10000
 
 
-def find_tools(server_version: int, lib: Path = POSTGRESQL_LIB) -> Tools | str:
-    """The tools for a server of ``server_version``, or why there are none: pg_dump refuses
-    to dump a server newer than itself."""
+def find_tools(server_version: int) -> Tools | str:
+    """The tools for a server of ``server_version`` (under :data:`POSTGRESQL_LIB`, else on
+    PATH), or why there are none: pg_dump refuses to dump a server newer than itself."""
     major = server_major(server_version)
-    versioned = lib / str(major) / "bin"
+    versioned = POSTGRESQL_LIB / str(major) / "bin"
     if (versioned / "pg_dump").is_file() and (versioned / "pg_restore").is_file():
         dump, restore = str(versioned / "pg_dump"), str(versioned / "pg_restore")
     else:
@@ -135,7 +135,6 @@ class Backups:
     """The run's clock: names the backup directory and is the manifest's time."""
     run_id: str
     timeout_s: int = DUMP_TIMEOUT_S
-    lib: Path = POSTGRESQL_LIB
 
 
 def stamp(moment: datetime) -> str:
@@ -172,7 +171,7 @@ class Prepared:
 
 def prepare(backups: Backups, conninfo: str, timeouts: Timeouts, server_version: int) -> Prepared:
     """The tools matching the server and the opened store, each checked once per plan."""
-    tools = find_tools(server_version, backups.lib)
+    tools = find_tools(server_version)
     if isinstance(tools, str):
         return Prepared(backups, conninfo, timeouts, problem=tools)
     try:

@@ -45,9 +45,11 @@ def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> Non
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=5):
+            # A loopback http:// URL this module made.
+            with urllib.request.urlopen(url + "/moto-api/", timeout=5):  # noqa: S310
                 return
         except (urllib.error.URLError, OSError):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto did not start:\n{log.read_text(errors='replace')}")
+                log_text = log.read_text(errors="replace")
+                raise RuntimeError(f"moto did not start:\n{log_text}") from None
             time.sleep(0.05)

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ import pytest
 from psycopg import sql
 
 from janitor import backup
-from janitor.backup import BackupError, Tools, find_tools, libpq_target, verify
-from janitor.clients.backupstore import BackupStore, location, open_store
+from janitor.backup import BackupError, Tools, find_tools, verify
+from janitor.clients.backupstore import BackupStore, open_store
 from janitor.postgres import Timeouts
 from tests.conftest import Houston, admin, dsn, existing_databases, existing_roles, janitor
 from tests.s3_server import CREDENTIALS, running_s3

@@ -173,7 +173,7 @@ def sweeper(
         if backups is not None:
             from janitor.backup import find_tools  # noqa: PLC0415 - only with JANITOR_BACKUP_URL
 
-            tools = find_tools(server.version, backups.lib)
+            tools = find_tools(server.version)
             found += [f"final backups: {tools}"] if isinstance(tools, str) else []
         for steps in plan_databases(server, templates, deployments).values():
             found += [
