@@ -350,6 +350,9 @@ def take(
     if store is None or tools is None:  # the plan reported prepared.problem already
         return failed(f"cannot back up: {prepared.problem}")
     prefix = backup_prefix(release, stamp(prepared.backups.now))
+    occupied = _occupied(store, prefix)
+    if occupied is not None:
+        return failed(f"cannot back up database {database}: {occupied}")
     try:
         with connect() as conn:
             row = conn.execute(_DATABASE, (database,)).fetchone()
@@ -381,8 +384,18 @@ def take(
     return Result("done", fields={"bytes": size, "sha256": digest})
 
 
+def _occupied(store: BackupStore, prefix: str) -> str | None:
+    """Why nothing may be written under ``prefix``: what is there is not this backup's to
+    overwrite or to clean up (runs are one at a time: the run lock)."""
+    try:
+        return f"{store.uri(prefix)} exists" if store.keys(prefix) else None
+    except StoreError as exc:
+        return str(exc)
+
+
 def _discarded(store: BackupStore, prefix: str, error: str) -> str:
-    """``error``, after deleting what the failed backup wrote (or saying it could not)."""
+    """``error``, after deleting what the failed backup wrote under ``prefix`` (empty when
+    it started), or saying it could not."""
     try:
         store.delete(store.keys(prefix))
     except StoreError as exc:

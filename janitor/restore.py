@@ -58,7 +58,10 @@ def list_backups(settings: Settings, log: Log, release: str | None) -> int:
         return ExitCode.FAILED
     failures = 0
     for backup in found:
-        fields: dict[str, Any] = {"complete": backup.complete, "created": backup.created}
+        fields: dict[str, Any] = {
+            "complete": backup.complete,
+            "created": backup.created.isoformat(),
+        }
         if backup.complete:
             try:
                 manifest = read_manifest(store, backup)
@@ -72,7 +75,7 @@ def list_backups(settings: Settings, log: Log, release: str | None) -> int:
                     "sha256": manifest.sha256,
                     "roles": [r.name for r in manifest.roles],
                     "server_version": manifest.server_version,
-                    "run_id_of_backup": manifest.run_id,
+                    "backup_run_id": manifest.run_id,
                 }
         target = store.uri(backup.prefix)
         log.info("backup.listed", target=target, deployment=backup.release, **fields)

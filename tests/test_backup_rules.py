@@ -3,6 +3,7 @@ pg_dump is used, how it gets its password, what `restore` refuses, and its time 
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from janitor import backup
 from janitor.backup import Backups, Prepared, Tools, find_tools, libpq_target
-from janitor.clients.backupstore import FileStore
+from janitor.clients.backupstore import FileStore, StoreError
 from janitor.postgres import Timeouts
 from tests.conftest import Houston, dsn, existing_databases, janitor
 
@@ -241,3 +242,29 @@ def test_a_dump_that_runs_past_its_time_bound_is_killed(houston: Houston, tmp_pa
     assert f"pg_dump of {database} did not finish within 1 s" in str(result.error)
     assert took < 10
     assert store.keys("") == []
+
+
+def test_a_backup_never_overwrites_or_cleans_up_what_it_did_not_write(
+    houston: Houston, tmp_path: Path
+) -> None:
+    """A backup directory of the same release and second already exists: the backup fails
+    naming it and leaves it whole; a file store never replaces an object either."""
+    release = houston.deployment("same-second")
+    database = f"{release.replace('-', '_')}_airflow"
+    tools = find_tools(server_version())
+    assert isinstance(tools, Tools), tools
+    store = FileStore(tmp_path)
+    now = datetime.now(UTC)
+    prefix = backup.backup_prefix(release, backup.stamp(now))
+    store.put(prefix + backup.MANIFEST, io.BytesIO(b"an earlier backup's manifest"))
+    backups = Backups(f"file://{tmp_path}", lambda: store, now, "t")
+    prepared = Prepared(backups, dsn("postgres"), Timeouts(), tools, store)
+
+    result = backup.take(prepared, lambda: psycopg.connect(dsn("postgres")), release, database, [])
+
+    assert result.outcome == "failed"
+    assert f"{store.uri(prefix)} exists" in str(result.error)
+    assert store.keys("") == [prefix + backup.MANIFEST]
+    with pytest.raises(StoreError, match="cannot write"):
+        store.put(prefix + backup.MANIFEST, io.BytesIO(b"another"))
+    assert b"".join(store.read(prefix + backup.MANIFEST)) == b"an earlier backup's manifest"

@@ -140,17 +140,19 @@ class FileStore:
 
     def put(self, key: str, stream: Readable) -> None:
         path = self._path(key)
+        created = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("xb") as out:
+                created = True
                 while chunk := stream.read(CHUNK_BYTES):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             _fsync_directory(path.parent)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                if path.is_file():
+            if created:  # a file that was there before is not this write's to remove
+                with contextlib.suppress(OSError):
                     path.unlink()
             raise StoreError(f"cannot write {self.uri(key)}: {exc.strerror or exc}") from exc
 
