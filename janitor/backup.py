@@ -492,28 +492,13 @@ def verify(store: BackupStore, key: str, sha256: str, tools: Tools, timeout_s: f
     """Reads ``key`` back: its sha256 must be ``sha256`` and ``pg_restore --list`` must read
     it; BackupError saying which check failed."""
     digest = hashlib.sha256()
-    with (
-        tempfile.TemporaryFile() as errors,
-        subprocess.Popen(
-            [tools.pg_restore, "--list"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        ) as process,
-        _bounded(process, timeout_s) as fired,
-    ):
-        assert process.stdin is not None  # noqa: S101 - stdin=PIPE
-        listing: IO[bytes] | None = process.stdin
-        for chunk in store.read(key):
-            digest.update(chunk)
-            listing = _feed(listing, chunk)
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.close()
-        code = process.wait()
-        if fired.is_set():
-            raise BackupError(f"reading {store.uri(key)} back took more than {timeout_s} s")
-        if code != 0:
-            raise BackupError(f"pg_restore --list cannot read {store.uri(key)}: {_tail(errors)}")
+    code, errors = _through_tool(
+        [tools.pg_restore, "--list"], store, key, timeout_s, seen=digest.update, whole=True
+    )
+    if code is None:
+        raise BackupError(f"reading {store.uri(key)} back took more than {timeout_s} s")
+    if code != 0:
+        raise BackupError(f"pg_restore --list cannot read {store.uri(key)}: {errors}")
     if digest.hexdigest() != sha256:
         raise BackupError(
             f"{store.uri(key)} does not verify: its sha256 is {digest.hexdigest()}, "
@@ -521,9 +506,42 @@ def verify(store: BackupStore, key: str, sha256: str, tools: Tools, timeout_s: f
         )
 
 
+def _through_tool(
+    command: list[str],
+    store: BackupStore,
+    key: str,
+    timeout_s: float,
+    *,
+    env: Mapping[str, str] | None = None,
+    seen: Callable[[bytes], object] = lambda _: None,
+    whole: bool = False,
+) -> tuple[int | None, str]:
+    """Streams ``key`` into ``command``'s stdin: (its exit code, None when killed after
+    ``timeout_s``; the end of its stderr). ``whole``: read the object to its end, also once
+    the tool stopped reading (``pg_restore --list`` reads the table of contents only), so
+    that ``seen`` gets every chunk."""
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, env=env
+        ) as process,
+        _bounded(process, timeout_s) as fired,
+    ):
+        assert process.stdin is not None  # noqa: S101 - stdin=PIPE
+        feeding: IO[bytes] | None = process.stdin
+        for chunk in store.read(key):
+            seen(chunk)
+            feeding = _feed(feeding, chunk)
+            if feeding is None and not whole:
+                break
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        code = process.wait()
+        return (None if fired.is_set() else code), _tail(errors)
+
+
 def _feed(stream: IO[bytes] | None, chunk: bytes) -> IO[bytes] | None:
-    """Writes ``chunk`` to a tool's stdin; None once the tool stopped reading
-    (``pg_restore --list`` reads the table of contents only)."""
+    """Writes ``chunk`` to a tool's stdin; None once the tool stopped reading."""
     if stream is None:
         return None
     try:
@@ -602,23 +620,8 @@ def restore_dump(
         "--no-password",
         f"--dbname={target}",
     ]
-    with (
-        tempfile.TemporaryFile() as errors,
-        subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, env=env
-        ) as process,
-        _bounded(process, timeout_s) as fired,
-    ):
-        assert process.stdin is not None  # noqa: S101 - stdin=PIPE
-        restoring: IO[bytes] | None = process.stdin
-        for chunk in store.read(key):
-            restoring = _feed(restoring, chunk)
-            if restoring is None:
-                break
-        with contextlib.suppress(BrokenPipeError):
-            process.stdin.close()
-        code = process.wait()
-        if fired.is_set():
-            raise BackupError(f"pg_restore into {database} did not finish within {timeout_s} s")
-        if code != 0:
-            raise BackupError(f"pg_restore into {database} failed (exit {code}): {_tail(errors)}")
+    code, errors = _through_tool(command, store, key, timeout_s, env=env)
+    if code is None:
+        raise BackupError(f"pg_restore into {database} did not finish within {timeout_s} s")
+    if code != 0:
+        raise BackupError(f"pg_restore into {database} failed (exit {code}): {errors}")

@@ -207,12 +207,19 @@ class S3Store:
     """A bucket and key prefix on S3 or an S3-compatible store."""
 
     client: S3Client
-    bucket: str
-    prefix: str = ""
+    where: Location
 
     @property
     def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return self.where.url
+
+    @property
+    def bucket(self) -> str:
+        return self.where.bucket
+
+    @property
+    def prefix(self) -> str:
+        return self.where.prefix
 
     def uri(self, key: str) -> str:
         return f"{self.url}/{key}"
@@ -312,4 +319,4 @@ def open_store(url: str, *, endpoint_url: str | None = None) -> BackupStore:
         response_checksum_validation="when_required",
     )
     client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
-    return S3Store(client, where.bucket, where.prefix)
+    return S3Store(client, where)

@@ -15,18 +15,7 @@ from datetime import datetime, timedelta
 
 from janitor.backup import Listed, listed
 from janitor.clients.backupstore import BackupStore, StoreError
-from janitor.plan import (
-    DONE,
-    PLANNED,
-    Action,
-    Result,
-    Step,
-    Sweeper,
-    failed,
-    final,
-    single,
-    skipped,
-)
+from janitor.plan import Action, Result, Step, Sweeper, failed, final, single, skipped
 
 EVENT = "backup.delete"
 
@@ -67,7 +56,7 @@ def _step(store: BackupStore, backup: Listed, now: datetime, kept: frozenset[str
     if backup.release in kept:
         reason = f"release {backup.release} still has a row in the deployments table"
         return final(Action(EVENT, target, skipped(reason), backup.release, fields))
-    action = Action(EVENT, target, PLANNED, backup.release, fields)
+    action = Action(EVENT, target, Result("planned"), backup.release, fields)
     return single(action, lambda: _delete(store, backup))
 
 
@@ -76,4 +65,4 @@ def _delete(store: BackupStore, backup: Listed) -> Result:
         store.delete(backup.keys)
     except StoreError as exc:
         return failed(str(exc))
-    return DONE
+    return Result("done")
