@@ -1,4 +1,4 @@
-"""Command line (README "Command line"): run, plan, check, --version.
+"""Command line (README "Command line"): run, plan, check, backups, restore, --version.
 
 Only argument parsing lives here: `janitor --version` and `--help` import nothing else, and
 a command imports what it uses (janitor.commands).
@@ -36,14 +36,32 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--dry-run", action="store_true", default=None, help="read only")
     commands.add_parser("plan", parents=[selectors], help="what a run would do (= run --dry-run)")
     commands.add_parser("check", parents=[selectors], help="connectivity and permissions preflight")
+    _backup_commands(commands)
     return parser
+
+
+def _backup_commands(commands: Any) -> None:
+    """README "Final backups and restore": `backups` and `restore` (JANITOR_BACKUP_URL)."""
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    store.add_argument("--log-format", metavar="FORMAT", help="json or console")
+    listing = commands.add_parser("backups", parents=[store], help="list final backups")
+    listing.add_argument("release", nargs="?", metavar="RELEASE", help="only this deployment's")
+    restore = commands.add_parser(
+        "restore", parents=[store], help="restore a deployment database from its final backup"
+    )
+    restore.add_argument("release", metavar="RELEASE")
+    restore.add_argument(
+        "--as", dest="database", metavar="DATABASE", help="default: the original name"
+    )
+    restore.add_argument("--backup", metavar="URI", help="default: the newest backup")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
-        "only": args.only,
-        "max_deletions": args.max_deletions,
-        "concurrency": args.concurrency,
+        "only": getattr(args, "only", None),
+        "max_deletions": getattr(args, "max_deletions", None),
+        "concurrency": getattr(args, "concurrency", None),
         "log_format": args.log_format,
     }
     if args.command == "plan" or getattr(args, "dry_run", None):
@@ -66,4 +84,5 @@ def main(
         args.config,
         environ=environ if environ is not None else os.environ,
         stdout=stdout if stdout is not None else sys.stdout,
+        operands={k: getattr(args, k, None) for k in ("release", "database", "backup")},
     )

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from janitor import redact
+from janitor.clients.backupstore import location
 from janitor.errors import ConfigurationError
 from janitor.naming import (
     SAMPLE_RELEASE,
@@ -261,6 +262,10 @@ class Settings(BaseModel):
     log_format: Literal["json", "console"] | None = None
     only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list)] = None
 
+    backup_url: str | None = None
+    backup_retention_days: Days = 30
+    backup_s3_endpoint_url: str | None = None
+
     _dsns = field_validator("houston_dsn", "airflow_dsn")(_check_dsn)
     _postgres_names = field_validator(
         "houston_schema",
@@ -283,6 +288,30 @@ class Settings(BaseModel):
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _check_url(value)
+
+    @field_validator("backup_url")
+    @classmethod
+    def _backup_url(cls, value: str | None) -> str | None:
+        # README "Final backups and restore": a file:// directory or an s3:// bucket/prefix,
+        # kept in one canonical form (every backup URI starts with it).
+        return None if value is None else location(value).url
+
+    @field_validator("backup_s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        checked = _check_url(value)
+        if checked is not None and urlsplit(checked).username is not None:
+            # boto3 would not use them: it reads credentials as README "Final backups" says.
+            raise ValueError("must not carry credentials (use AWS_ACCESS_KEY_ID and friends)")
+        return checked
+
+    @model_validator(mode="after")
+    def _s3_endpoint_goes_with_s3(self) -> Settings:
+        if self.backup_s3_endpoint_url is not None and not (self.backup_url or "").startswith(
+            "s3://"
+        ):
+            raise ValueError("JANITOR_BACKUP_S3_ENDPOINT_URL needs an s3:// JANITOR_BACKUP_URL")
+        return self
 
     @field_validator("database_template", "role_templates", "registry_repository_template")
     @classmethod

@@ -235,3 +235,12 @@ def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -
     except psycopg.Error as exc:
         return failed(postgres.describe(exc))
     return DONE if deleted else ABSENT
+
+
+def release_names(conn: psycopg.Connection[Any], table: Table) -> frozenset[str]:
+    """Every release name that still has a row, live or deleted (one query): their final
+    backups are kept whatever their age (README "Final backups and restore")."""
+    query = sql.SQL(
+        "SELECT DISTINCT {release}::text FROM {table} WHERE {release} IS NOT NULL"
+    ).format(**table.columns())
+    return frozenset(row[0] for row in conn.execute(query))

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import structlog
 from psycopg_pool import ConnectionPool
 
 from janitor import __version__, assemble, houston, postgres, pushgateway
@@ -248,7 +249,10 @@ def _run(
             return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
         table = assemble.houston_table(settings)
-        sweepers = assemble.sweepers(settings, stack, now=now, houston=main, kube=kube)
+        run_id = str(structlog.get_context(recorder.log).get("run_id", ""))
+        sweepers = assemble.sweepers(
+            settings, stack, now=now, houston=main, kube=kube, run_id=run_id
+        )
         plan = build_plan(settings, sweepers, main, table=table, now=now, stop=stop)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:

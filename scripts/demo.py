@@ -1,9 +1,10 @@
 """`make demo`: the janitor's main job against a local sandbox.
 
 Starts the local services, seeds a small fleet (live, recently deleted, expired,
-half-cleaned), then shows a dry run, a real run, and a second run with nothing to do, each
-in the console view (README "Console view"), and the run metrics the real runs pushed to a
-Pushgateway. Everything it creates is named after the demo's releases; rerunning starts
+half-cleaned), then shows a dry run, a real run (each dropped database backed up first), a
+second run with nothing to do, each in the console view (README "Console view"), the run
+metrics the real runs pushed to a Pushgateway, and the restore of a dropped database from
+its final backup. Everything it creates is named after the demo's releases; rerunning starts
 afresh.
 """
 
@@ -41,6 +42,8 @@ FLEET: dict[str, float | None] = {
     "lunar-eclipse-2468": 30,
 }
 HALF_CLEANED = "lunar-eclipse-2468"
+RESTORED = "dark-matter-4321"
+RESTORED_AS = "dark_matter_4321_restored"
 LOG_DAYS = (1, 7, 14, 16, 20, 30)
 
 
@@ -63,9 +66,10 @@ def reset_and_seed() -> None:
             )
             for role in roles:
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(HOUSTON_DB))
-        )
+        for database in (HOUSTON_DB, RESTORED_AS):
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOUSTON_DB)))
         for release in FLEET:
             database, roles = names(release)
@@ -93,11 +97,33 @@ def reset_and_seed() -> None:
                      ELSE (now() AT TIME ZONE 'UTC') - make_interval(days => %s::int) END)""",
                 (f"demo-{number}", release, release.split("-")[0], days, days),
             )
+    seed_dag_runs()
     print(f'Houston database {HOUSTON_DB}, deployments table "houston$default"."Deployment":')
     for release, days in FLEET.items():
         state = "live" if days is None else f"deleted {days:g} days ago"
         extra = " (a crash left it half-cleaned: database gone, roles left)"
         print(f"  {release:<22} {state}{extra if release == HALF_CLEANED else ''}")
+
+
+def seed_dag_runs() -> None:
+    """Airflow's dag_run table, with rows, in the database the demo restores."""
+    database, roles = names(RESTORED)
+    with psycopg.connect(ADMIN.replace("dbname=postgres", f"dbname={database}")) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(roles[0])))
+        conn.execute("CREATE TABLE dag_run (id serial PRIMARY KEY, dag_id text, state text)")
+        conn.execute(
+            "INSERT INTO dag_run (dag_id, state) SELECT 'etl_' || i, 'success'"
+            " FROM generate_series(1, 1000) i"
+        )
+
+
+def show_restored() -> None:
+    with psycopg.connect(ADMIN.replace("dbname=postgres", f"dbname={RESTORED_AS}")) as conn:
+        count, owner = conn.execute(
+            "SELECT count(*), pg_get_userbyid(relowner) FROM dag_run, pg_class"
+            " WHERE relname = 'dag_run' GROUP BY relowner"
+        ).fetchone() or (0, None)
+    print(f"{RESTORED_AS}: dag_run holds {count} rows, owned by {owner}")
 
 
 def seed_logs(es: ElasticsearchStandin) -> None:
@@ -178,12 +204,15 @@ def start_services(stack: ExitStack) -> tuple[dict[str, str], Registry, Pushgate
     gateway = stack.enter_context(running_pushgateway(sandbox / "pushgateway"))
     print(f"Prometheus Pushgateway on {gateway.url}")
     seed_logs(elasticsearch)
+    backups = sandbox / "backups"
+    print(f'Final backups (README "Final backups and restore") in {backups}')
     env = {
         "JANITOR_HOUSTON_DSN": HOUSTON,
         "JANITOR_REGISTRY_URL": registry.url,
         "JANITOR_ELASTICSEARCH_URL": elasticsearch.url,
         "JANITOR_PROMETHEUS_URL": prometheus,
         "JANITOR_PUSHGATEWAY_URL": gateway.url,
+        "JANITOR_BACKUP_URL": f"file://{backups}",
     }
     return env, registry, gateway
 
@@ -206,8 +235,12 @@ def demo() -> int:
         codes.append(janitor("run", env=env))
         show_state()
         show_tags(registry)
+        banner(f"4. Undo: {RESTORED}'s database back from its final backup")
+        codes.append(janitor("backups", env=env))
+        codes.append(janitor("restore", RESTORED, "--as", RESTORED_AS, env=env))
+        show_restored()
     banner(f"Exit codes: {codes} (0 = everything done)")
-    return 0 if codes == [0, 0, 0] else 1
+    return 0 if codes == [0] * len(codes) else 1
 
 
 if __name__ == "__main__":

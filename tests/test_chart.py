@@ -28,7 +28,15 @@ NAMESPACE = "astronomer"
 # client-side validation rejects the CronJob) and the newest one kubernetes-validate knows.
 KUBE_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 # Helm's install order for the kinds this chart makes (helm template prints in this order).
-INSTALL_ORDER = ("ServiceAccount", "Secret", "Role", "RoleBinding", "CronJob", "PrometheusRule")
+INSTALL_ORDER = (
+    "ServiceAccount",
+    "Secret",
+    "PersistentVolumeClaim",
+    "Role",
+    "RoleBinding",
+    "CronJob",
+    "PrometheusRule",
+)
 DOCS_BEGIN = "<!-- rendered-default-manifests:begin -->"
 DOCS_END = "<!-- rendered-default-manifests:end -->"
 
@@ -682,6 +690,16 @@ def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
         ({"airflowDatabase": {"databaseTemplate": "airflow"}}, r"/airflowDatabase"),
         ({"houston": {"retentionDay": 15}}, r"retentionDay"),
         ({"credentials": {"houstonDsn": "postgresql://x"}}, r"/credentials/houstonDsn"),
+        ({"backup": {"url": "https://backups.example.com"}}, r"/backup/url"),
+        ({"backup": {"url": "file://relative"}}, r"/backup/url"),
+        ({"backup": {"retentionDays": 0}}, r"/backup/retentionDays"),
+        ({"backup": {"s3EndpointUrl": "minio:9000"}}, r"/backup/s3EndpointUrl"),
+        ({"backup": {"persistentVolumeClaim": {"size": "lots"}}}, r"/backup/persistentVolumeClaim"),
+        (
+            {"backup": {"persistentVolumeClaim": {"accessModes": []}}},
+            r"/backup/persistentVolumeClaim",
+        ),
+        ({"backup": {"s3Credentials": {"existingSecret": "Bad_Name"}}}, r"/backup/s3Credentials"),
     ],
 )
 def test_schema_rejects_bad_values(
@@ -1048,3 +1066,81 @@ def test_the_run_deadline_ends_before_the_jobs(chart: helm.Chart) -> None:
     assert container_env(found)["JANITOR_DEADLINE_SECONDS"] == "1680"
     with pytest.raises(Exception, match="must exceed deadlineMarginSeconds"):
         manifests(chart, {"activeDeadlineSeconds": 300, "deadlineMarginSeconds": 300})
+
+
+def test_a_file_backup_url_mounts_a_claim_the_chart_keeps_after_uninstall(
+    chart: helm.Chart,
+) -> None:
+    """backup.url file:///var/backups/janitor with persistentVolumeClaim.create: a claim
+    (helm.sh/resource-policy keep) mounted at that path, the backup variables set, every
+    object valid and the pod still "restricted"; an existing claim is mounted instead."""
+    backup = {
+        "url": "file:///var/backups/janitor/",
+        "retentionDays": 60,
+        "persistentVolumeClaim": {"create": True, "size": "20Gi", "storageClassName": "fast"},
+    }
+    found = manifests(chart, {"backup": backup})
+
+    claim = one(found, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{RELEASE}-backups"
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast",
+        "resources": {"requests": {"storage": "20Gi"}},
+    }
+    for manifest in found:
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    env = container_env(found)
+    assert env["JANITOR_BACKUP_URL"] == "file:///var/backups/janitor/"
+    assert env["JANITOR_BACKUP_RETENTION_DAYS"] == "60"
+    assert "JANITOR_BACKUP_S3_ENDPOINT_URL" not in env
+    assert "AWS_ACCESS_KEY_ID" not in env
+    pod = pod_spec(found)
+    [container] = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["backups"] == "/var/backups/janitor"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["backups"] == {
+        "name": "backups",
+        "persistentVolumeClaim": {"claimName": f"{RELEASE}-backups"},
+    }
+    assert restricted_violations(pod) == []
+    assert load_settings({}, {k: v for k, v in env.items() if isinstance(v, str)}).backup_url == (
+        "file:///var/backups/janitor"
+    )
+
+    existing = {"url": "file:///backups", "persistentVolumeClaim": {"existingClaim": "dumps"}}
+    found = manifests(chart, {"backup": existing})
+    assert [m for m in found if m["kind"] == "PersistentVolumeClaim"] == []
+    volumes = {v["name"]: v for v in pod_spec(found)["volumes"]}
+    assert volumes["backups"]["persistentVolumeClaim"] == {"claimName": "dumps"}
+
+
+def test_a_file_backup_url_without_a_volume_is_refused(chart: helm.Chart) -> None:
+    """The root filesystem is read-only: a file:// store needs a claim, and says how."""
+    with pytest.raises(helm.HelmRenderError, match=r"backup\.persistentVolumeClaim"):
+        render_templates(chart, {"backup": {"url": "file:///var/backups/janitor"}})
+
+
+def test_an_s3_backup_url_takes_its_credentials_from_an_existing_secret(chart: helm.Chart) -> None:
+    """backup.url s3://..., an S3-compatible endpoint and s3Credentials.existingSecret: the
+    endpoint variable and the two AWS variables from that Secret, and no volume."""
+    backup = {
+        "url": "s3://platform-backups/astro-janitor",
+        "s3EndpointUrl": "http://minio.minio:9000",
+        "s3Credentials": {"existingSecret": "minio-janitor", "accessKeyIdKey": "user"},
+    }
+    found = manifests(chart, {"backup": backup})
+
+    env = container_env(found)
+    assert env["JANITOR_BACKUP_URL"] == "s3://platform-backups/astro-janitor"
+    assert env["JANITOR_BACKUP_RETENTION_DAYS"] == "30"
+    assert env["JANITOR_BACKUP_S3_ENDPOINT_URL"] == "http://minio.minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-janitor", "user")
+    assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref("minio-janitor", "AWS_SECRET_ACCESS_KEY")
+    assert "backups" not in {v["name"] for v in pod_spec(found)["volumes"]}
+    assert [m for m in found if m["kind"] == "PersistentVolumeClaim"] == []
+    for manifest in found:
+        kubernetes_validate.validate(manifest, KUBE_VERSIONS[-1], strict=True)
