@@ -59,17 +59,15 @@ def names(release: str) -> tuple[str, list[str]]:
 
 def reset_and_seed() -> None:
     with psycopg.connect(ADMIN, autocommit=True) as conn:
+        # Databases first: the deployment roles own them (the restored one included).
+        databases = [names(release)[0] for release in FLEET] + [HOUSTON_DB, RESTORED_AS]
+        for database in databases:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
         for release in FLEET:
-            database, roles = names(release)
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
-            for role in roles:
+            for role in names(release)[1]:
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        for database in (HOUSTON_DB, RESTORED_AS):
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(HOUSTON_DB)))
         for release in FLEET:
             database, roles = names(release)
