@@ -55,6 +55,14 @@ LABEL org.opencontainers.image.title="astro-janitor"
 RUN groupadd --system --gid 10001 janitor \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin janitor
+# pg_dump and pg_restore for the final backups (README "Final backups and restore"): Debian's
+# own client, kept current by bookworm's security updates rather than pinned (hence DL3008).
+# A server newer than it is reported by the plan and `janitor check`, and nothing is dropped.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/* \
+    && pg_dump --version
 COPY --from=build /opt/janitor /opt/janitor
 ENV PATH=/opt/janitor/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from janitor import pushgateway
 from janitor.config import Settings, Subsystem
 from janitor.errors import ConfigurationError
-from janitor.houston import Table
+from janitor.houston import Table, release_names
 from janitor.plan import DeploymentSweeper, Sweeper
 from janitor.postgres import Timeouts
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
     from kubernetes.client import ApiClient
 
+    from janitor.backup import Backups
+    from janitor.clients.backupstore import BackupStore
     from janitor.clients.registry import RegistryClient
     from janitor.orphan_records import Records
     from janitor.sweepers.databases import Protected
@@ -50,6 +53,7 @@ class _Run:
     now: datetime
     houston: psycopg.Connection[Any] | None
     kube: ApiClient | None
+    run_id: str = ""
 
 
 def houston_table(settings: Settings) -> Table:
@@ -71,14 +75,18 @@ def sweepers(
     now: datetime,
     houston: psycopg.Connection[Any] | None = None,
     kube: ApiClient | None = None,
+    run_id: str = "",
 ) -> Sweepers:
     """Every sweeper ``settings.subsystems`` selects; nothing connects before a sweeper's
     ``plan`` or ``problems`` is called. ``houston``: the run's Houston connection, whose
-    database and role no template may reach (``check`` drops nothing and needs none)."""
-    run = _Run(settings, stack, now, houston, kube)
+    database and role no template may reach (``check`` drops nothing and needs none).
+    ``run_id`` goes into the manifest of each final backup."""
+    run = _Run(settings, stack, now, houston, kube, run_id)
     chosen = settings.subsystems
     deployment = [_DEPLOYMENT[s](run) for s in chosen if s in _DEPLOYMENT]
     standalone = [_STANDALONE[s](run) for s in chosen if s in _STANDALONE]
+    if settings.backup_url is not None and "databases" in chosen:
+        standalone.append(_backup_retention(run))
     return Sweepers(tuple(deployment), tuple(standalone))
 
 
@@ -93,6 +101,47 @@ def _databases(run: _Run) -> DeploymentSweeper:
         concurrency=settings.concurrency,
         stack=run.stack,
         timeouts=pg_timeouts(settings),
+        backups=_backups(run),
+    )
+
+
+def backup_store(settings: Settings) -> BackupStore:
+    """The store JANITOR_BACKUP_URL names (README "Final backups and restore")."""
+    from janitor.clients.backupstore import open_store
+
+    return open_store(settings.backup_url or "", endpoint_url=settings.backup_s3_endpoint_url)
+
+
+def _backups(run: _Run) -> Backups | None:
+    settings = run.settings
+    if settings.backup_url is None:
+        return None
+    from janitor.backup import Backups
+
+    return Backups(
+        url=settings.backup_url,
+        store=lambda: backup_store(settings),
+        now=run.now,
+        run_id=run.run_id,
+    )
+
+
+def _backup_retention(run: _Run) -> Sweeper:
+    from janitor.sweepers import backups
+
+    settings, houston_conn = run.settings, run.houston
+
+    def releases() -> frozenset[str]:
+        if houston_conn is None:  # only `check` assembles without it, and it plans nothing
+            raise RuntimeError("backup retention needs the Houston connection")
+        return release_names(houston_conn, houston_table(settings))
+
+    return backups.sweeper(
+        lambda: backup_store(settings),
+        settings.backup_url or "",
+        now=run.now,
+        retention_days=settings.backup_retention_days,
+        releases=releases,
     )
 
 
@@ -181,6 +230,22 @@ def orphan_records(settings: Settings) -> Records:
     return Records(settings.houston_schema)
 
 
+def pushgateway_target(settings: Settings) -> pushgateway.Target | None:
+    """Where a real run pushes its metrics (README "Run metrics"): grouped by the Houston
+    database's name; None for a dry run or without JANITOR_PUSHGATEWAY_URL."""
+    if settings.pushgateway_url is None or settings.dry_run:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    conninfo = settings.houston_conninfo()
+    database = conninfo_to_dict(conninfo).get("dbname") if conninfo is not None else None
+    return pushgateway.Target(
+        settings.pushgateway_url,
+        str(database or pushgateway.DEFAULT_INSTANCE),
+        float(settings.pushgateway_timeout_seconds),
+    )
+
+
 def _protected(houston: psycopg.Connection[Any] | None) -> Protected:
     """The Houston database and the role the janitor logs in to it as: never dropped."""
     from psycopg.conninfo import conninfo_to_dict
@@ -234,7 +299,8 @@ def _kubeconfig_client() -> ApiClient:
     import kubernetes.config
 
     try:
-        return kubernetes.config.new_client_from_config()  # type: ignore[no-untyped-call, no-any-return]
+        # Untyped in kubernetes 37; its stubs (used with kubernetes < 37) type it.
+        return kubernetes.config.new_client_from_config()  # type: ignore[no-untyped-call, no-any-return, unused-ignore]
     except (kubernetes.config.ConfigException, OSError) as exc:
         raise ConfigurationError(
             f"JANITOR_PROMETHEUS_SOURCE=kubernetes outside a cluster needs a kubeconfig ({exc})"

@@ -1,4 +1,5 @@
-"""Command line (README "Command line"): run, plan, check, audit, --version.
+"""Command line (README "Command line"): run, plan, check, audit, backups, restore,
+--version.
 
 Only argument parsing lives here: `janitor --version` and `--help` import nothing else, and
 a command imports what it uses (janitor.commands).
@@ -45,12 +46,37 @@ def _parser() -> argparse.ArgumentParser:
         "plan", parents=[selectors, adopting], help="what a run would do (= run --dry-run)"
     )
     commands.add_parser("check", parents=[selectors], help="connectivity and permissions preflight")
-    audit = commands.add_parser(
-        "audit", help="databases, roles and repositories no deployment row accounts for"
+    commands.add_parser(
+        "audit",
+        parents=[_settings_only()],
+        help="databases, roles and repositories no deployment row accounts for",
     )
-    audit.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
-    audit.add_argument("--log-format", metavar="FORMAT", help="json or console")
+    _backup_commands(commands)
     return parser
+
+
+def _settings_only() -> argparse.ArgumentParser:
+    """The options of a command that takes no selectors: where settings come from and how
+    events look (audit, backups, restore)."""
+    plain = argparse.ArgumentParser(add_help=False)
+    plain.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    plain.add_argument("--log-format", metavar="FORMAT", help="json or console")
+    return plain
+
+
+def _backup_commands(commands: Any) -> None:
+    """README "Final backups and restore": `backups` and `restore` (JANITOR_BACKUP_URL)."""
+    store = _settings_only()
+    listing = commands.add_parser("backups", parents=[store], help="list final backups")
+    listing.add_argument("release", nargs="?", metavar="RELEASE", help="only this deployment's")
+    restore = commands.add_parser(
+        "restore", parents=[store], help="restore a deployment database from its final backup"
+    )
+    restore.add_argument("release", metavar="RELEASE")
+    restore.add_argument(
+        "--as", dest="database", metavar="DATABASE", help="default: the original name"
+    )
+    restore.add_argument("--backup", metavar="URI", help="default: the newest backup")
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,4 +102,5 @@ def main(
         args.config,
         environ=environ if environ is not None else os.environ,
         stdout=stdout if stdout is not None else sys.stdout,
+        operands={k: getattr(args, k, None) for k in ("release", "database", "backup")},
     )

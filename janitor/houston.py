@@ -128,11 +128,16 @@ def read_fleet(
     return Fleet(expired=tuple(valid), rejected=tuple(rejected))
 
 
-def release_names(conn: psycopg.Connection[Any], table: Table) -> frozenset[str]:
-    """The release name of every row, live, soft-deleted or expired, in one query: what
-    accounts for a database, role or repository (README "Orphans: janitor audit")."""
-    query = sql.SQL("SELECT DISTINCT {release}::text FROM {table} WHERE {release} IS NOT NULL")
-    return frozenset(row[0] for row in conn.execute(query.format(**table.columns())))
+def count_expired(
+    conn: psycopg.Connection[Any], table: Table, *, now: datetime, retention_days: int
+) -> int:
+    """How many rows are past the window at ``now``, whatever their names (README "Run
+    metrics": janitor_expired_deployments_remaining)."""
+    query = sql.SQL("SELECT count(*) FROM {table} WHERE {expired}").format(
+        expired=table.expired_condition(), **table.columns()
+    )
+    ((count,),) = conn.execute(query, {"now": now, "days": retention_days}).fetchall()
+    return int(count)
 
 
 def _names_in_use(
@@ -230,3 +235,14 @@ def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -
     except psycopg.Error as exc:
         return failed(postgres.describe(exc))
     return DONE if deleted else ABSENT
+
+
+def release_names(conn: psycopg.Connection[Any], table: Table) -> frozenset[str]:
+    """Every release name that still has a row, live or deleted (one query): their final
+    backups are kept whatever their age (README "Final backups and restore"), and they
+    account for the databases, roles and repositories their names give (README "Orphans:
+    janitor audit")."""
+    query = sql.SQL(
+        "SELECT DISTINCT {release}::text FROM {table} WHERE {release} IS NOT NULL"
+    ).format(**table.columns())
+    return frozenset(row[0] for row in conn.execute(query))

@@ -226,9 +226,27 @@ def index_name_refusal(name: str) -> str | None:
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """Elasticsearch's wildcard match (``*`` only), in full; never against a ``.ds-`` name:
     a backing index is reached only through its data stream's name (README "Safety rules")."""
+    return matching_pattern(name, patterns) is not None
+
+
+def matching_pattern(name: str, patterns: Iterable[str]) -> str | None:
+    """The first of ``patterns`` that :func:`matches` ``name``, or None."""
     if name.startswith(DATA_STREAM_BACKING_PREFIX):
-        return False
-    return any(_wildcard(pattern).fullmatch(name) for pattern in patterns)
+        return None
+    return next((p for p in patterns if _wildcard(p).fullmatch(name)), None)
+
+
+# How Elasticsearch names a data stream's backing index: .ds-<stream>-<yyyy.MM.dd>-<generation>
+# (7.11 and later), .ds-<stream>-<generation> before.
+_BACKING_INDEX = re.compile(r"\.ds-(?P<stream>.+?)(?:-[0-9]{4}\.[0-9]{2}\.[0-9]{2})?-[0-9]{6,}")
+
+
+def reaching_pattern(index: str, patterns: Iterable[str]) -> str | None:
+    """The pattern through which ``index`` was reached: the one matching its name or, for a
+    backing index, its data stream's name as the backing index's name tells it. For the
+    console view only: the sweeper knows the stream from Elasticsearch itself."""
+    backing = _BACKING_INDEX.fullmatch(index)
+    return matching_pattern(backing["stream"] if backing else index, patterns)
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:

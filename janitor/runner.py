@@ -18,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import structlog
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from janitor import __version__, assemble, houston, orphan_records, postgres
+from janitor import __version__, assemble, houston, orphan_records, postgres, pushgateway
 from janitor.config import Settings
 from janitor.errors import ConfigurationError, ExitCode
-from janitor.events import Log, Recorder
+from janitor.events import Log, Progress, Recorder
 from janitor.plan import (
     PLANNED,
     Action,
@@ -84,6 +85,11 @@ class _Ending:
 
     code: ExitCode = ExitCode.OK
     notes: dict[str, Any] = field(default_factory=dict)
+    expired_remaining: int | None = None
+    """Rows still past the window after the run, counted only when metrics are pushed."""
+    count_error: str | None = None
+    locked_out: bool = False
+    """Another run holds the lock: this one did nothing and reports no run metrics."""
 
 
 def run(
@@ -93,18 +99,20 @@ def run(
     clock: Clock = utc_now,
     kube: ApiClient | None = None,
     stop: Stop | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Performs one run and returns its exit code; run.finished is always the last line,
     whatever is raised (a bug included: exit 1 with the error and where it was raised).
 
-    ``clock`` is the pod's clock (used only without a Houston database, and for the Lease);
-    ``kube`` is the Kubernetes API client when running in a cluster; once ``stop`` is
-    requested (SIGTERM), no new work starts and the run ends with exit 1.
+    ``clock`` is the pod's clock (used only without a Houston database, for the Lease and
+    the run metrics); ``kube`` is the Kubernetes API client when running in a cluster; once
+    ``stop`` is requested (SIGTERM), no new work starts and the run ends with exit 1;
+    ``progress`` is told how many deployments and batches are done of how many.
     """
     stop = stop if stop is not None else Stop()
     stop.set_deadline(settings.deadline_seconds)
     started = time.monotonic()
-    recorder = Recorder(log)
+    recorder = Recorder(log, progress)
     log.info(
         "run.started",
         version=__version__,
@@ -142,6 +150,9 @@ def run(
     event_error = _post_summary_event(settings, kube, finished, ending.code)
     if event_error is not None:
         finished["kubernetes_event_error"] = event_error
+    push_error = _push_metrics(settings, ending, finished, clock)
+    if push_error is not None:
+        finished["pushgateway_error"] = push_error
     failing = ending.code in (ExitCode.FAILED, ExitCode.INVALID_CONFIGURATION)
     (log.error if failing else log.info)("run.finished", **finished)
     return int(ending.code)
@@ -175,6 +186,49 @@ def _post_summary_event(
     return None
 
 
+def _push_metrics(
+    settings: Settings, ending: _Ending, finished: dict[str, Any], clock: Clock
+) -> str | None:
+    """README "Run metrics": a real run ends by pushing them; what went wrong, or None. A
+    failed push never changes the exit code."""
+    target = assemble.pushgateway_target(settings)
+    if target is None or ending.locked_out:
+        # A skipped run pushing exit 0 would refresh the last success while another run,
+        # perhaps one stuck for days, holds the lock.
+        return None
+    metrics = pushgateway.RunMetrics(
+        finished_at=clock().timestamp(),
+        exit_code=int(ending.code),
+        duration_s=finished["duration_s"],
+        counts=finished["counts"],
+        expired_remaining=ending.expired_remaining,
+    )
+    problems = [pushgateway.push(target, metrics), ending.count_error]
+    return "; ".join(p for p in problems if p is not None) or None
+
+
+def _count_expired(
+    settings: Settings,
+    main: psycopg.Connection[Any] | None,
+    table: houston.Table,
+    now: datetime,
+    ending: _Ending,
+) -> None:
+    """Counts the rows still past the window once the run is done, when they are pushed."""
+    if main is None or assemble.pushgateway_target(settings) is None:
+        return
+    try:
+        ending.expired_remaining = houston.count_expired(
+            main, table, now=now, retention_days=settings.retention_days
+        )
+    except psycopg.Error as exc:
+        # The run's work is done: a failed count costs only this metric.
+        ending.count_error = (
+            "janitor_expired_deployments_remaining not pushed: could not count the expired "
+            f"rows ({postgres.describe(exc)})"
+        )
+
+
 def _run(
     settings: Settings,
     recorder: Recorder,
@@ -197,15 +251,20 @@ def _run(
         if not dry_run and not _take_locks(
             settings, stack, main, kube=kube, clock=clock, recorder=recorder
         ):
+            ending.locked_out = True
             return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
         table = assemble.houston_table(settings)
-        sweepers = assemble.sweepers(settings, stack, now=now, houston=main, kube=kube)
+        run_id = str(structlog.get_context(recorder.log).get("run_id", ""))
+        sweepers = assemble.sweepers(
+            settings, stack, now=now, houston=main, kube=kube, run_id=run_id
+        )
         plan = build_plan(settings, sweepers, main, table=table, now=now, stop=stop)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
             _refuse(plan, recorder, refusal)
             ending.code = ExitCode.GUARD_REFUSED
+            _count_expired(settings, main, table, now, ending)
             return
         pool = None
         if plan.deployments and not dry_run and conninfo is not None:
@@ -213,6 +272,7 @@ def _run(
             pool = stack.enter_context(houston_pool)
         context = Context(settings, table, now, dry_run, recorder, pool, workers, stop)
         execute(plan, context)
+        _count_expired(settings, main, table, now, ending)
         counts = recorder.counts()
         for sweeper in sweepers.deployment:
             ending.notes |= sweeper.notes(counts)
@@ -391,11 +451,13 @@ def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
 
 
 def execute(plan: Plan, context: Context) -> None:
-    pool = context.workers
+    pool, recorder = context.workers, context.recorder
+    recorder.begin(deployments=len(plan.deployments), batches=len(plan.steps))
     pending: list[Future[Any]] = [
-        pool.submit(_settle_deployment, w, plan, context) for w in plan.deployments
+        pool.submit(recorder.counted, "deployments", _settle_deployment, w, plan, context)
+        for w in plan.deployments
     ]
-    pending += [pool.submit(_settle, s, context) for s in plan.steps]
+    pending += [pool.submit(recorder.counted, "batches", _settle, s, context) for s in plan.steps]
     for future in pending:
         future.result()
 

@@ -8,6 +8,7 @@ other orphans stay inside their grace period.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -250,3 +251,32 @@ def test_an_account_that_may_not_create_the_records_table_is_told_the_grant(
     assert "GRANT SELECT, INSERT, UPDATE, DELETE ON" in failure["error"]
     assert run.of("database.drop") == []
     assert not has_records_table(houston)
+
+
+def test_an_adopted_orphan_database_gets_its_final_backup_before_the_drop(
+    houston: Houston, env: dict[str, str], tmp_path: Path
+) -> None:
+    """With JANITOR_BACKUP_URL, an adopted orphan's database is backed up and verified
+    before it is dropped, as an expired deployment's is; `janitor backups` lists the backup
+    under the orphan's release."""
+    ghost = orphan(houston, "kept")
+    database = f"{ghost.replace('-', '_')}_airflow"
+    env |= {"JANITOR_ADOPT_ORPHANS": "true", "JANITOR_BACKUP_URL": f"file://{tmp_path}/backups"}
+    assert janitor(["run"], env).code == 0
+    age(houston, ghost, "8 days")
+
+    run = janitor(["run"], env)
+
+    assert run.code == 0, run.events
+    (backup,) = run.of("database.backup")
+    assert (backup["outcome"], backup["deployment"], backup["database"]) == (
+        "done",
+        ghost,
+        database,
+    )
+    drop = run.of("database.drop")[0]
+    assert (drop["target"], drop["outcome"]) == (database, "done")
+    assert run.events.index(backup) < run.events.index(drop)
+    listed = janitor(["backups", ghost], env)
+    assert listed.code == 0
+    assert [e["target"] for e in listed.of("backup.listed")] == [backup["target"]]

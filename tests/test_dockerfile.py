@@ -73,8 +73,27 @@ def test_runtime_stage_runs_janitor_as_a_numeric_non_root_user() -> None:
     labels = " ".join(i for i in runtime if i.startswith("LABEL "))
     for key in ("title", "description", "version", "revision", "licenses", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels
-    for compiler in ("gcc", "build-essential", "clang", "apt-get install"):
+    for compiler in ("gcc", "build-essential", "clang", "g++", "-dev "):
         assert compiler not in text
+
+
+def test_the_runtime_stage_installs_debians_postgresql_client_and_nothing_else() -> None:
+    """pg_dump and pg_restore for the final backups: one apt-get step in the runtime stage,
+    postgresql-client without recommends, the package lists removed in the same layer, and
+    no apt-get anywhere else."""
+    build, runtime = stages()
+    installs = [i for i in build + runtime if "apt-get" in i]
+    assert len(installs) == 1
+    (step,) = installs
+    assert step in runtime
+    assert runtime.index(step) < runtime.index("USER 10001:10001")
+    assert (
+        " ".join(step.split()).count(
+            "apt-get install -y --no-install-recommends postgresql-client && "
+        )
+        == 1
+    )
+    assert "rm -rf /var/lib/apt/lists/*" in step
 
 
 def test_build_stage_runs_on_either_base_and_keeps_pip_settings_out_of_the_layers() -> None:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from elasticsearch import Elasticsearch
 
@@ -197,6 +198,25 @@ def test_inside_the_image_the_janitor_is_uid_10001_on_a_read_only_root_without_a
     assert who["root"] == who["venv"] == "Read-only file system"
     assert (who["home"], who["home_exists"]) == ("/nonexistent", False)
     assert who["tmp"] == "writable"
+
+
+def test_the_image_carries_a_pg_dump_the_janitor_finds_for_the_test_server(
+    image: dict[str, Any], houston: Houston
+) -> None:
+    """Final backups need pg_dump and pg_restore no older than the Airflow server: inside
+    the image the janitor finds Debian's postgresql-client for this test server's major."""
+    with psycopg.connect(houston.dsn) as conn:
+        version = conn.info.server_version
+    probe = f"from janitor.backup import find_tools; print(repr(find_tools({version})))"
+
+    result = in_image(["-c", probe], {}, entrypoint="python3")
+
+    assert result.returncode == 0, result.stderr
+    major = version // 10000
+    assert result.stdout.strip() == (
+        f"Tools(pg_dump='/usr/lib/postgresql/{major}/bin/pg_dump', "
+        f"pg_restore='/usr/lib/postgresql/{major}/bin/pg_restore', major={major})"
+    )
 
 
 @dataclass(frozen=True)

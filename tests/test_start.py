@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("kubernetes", "elasticsearch", "elastic_transport", "psycopg", "pydantic", "structlog")
+HEAVY = (
+    "kubernetes",
+    "elasticsearch",
+    "elastic_transport",
+    "psycopg",
+    "pydantic",
+    "structlog",
+    "rich",
+    "prometheus_client",
+)
 
 PROBE = """
 import json, sys
@@ -44,3 +53,9 @@ def test_a_logs_only_run_does_not_load_the_kubernetes_client() -> None:
     (the heaviest import) is never loaded."""
     env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}
     assert "kubernetes" not in _imported("plan", "--log-format", "json", env=env)
+
+
+def test_a_run_without_a_pushgateway_does_not_load_the_metrics_client() -> None:
+    """Without JANITOR_PUSHGATEWAY_URL, prometheus_client (the run metrics) is not loaded."""
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}
+    assert "prometheus_client" not in _imported("run", "--log-format", "json", env=env)

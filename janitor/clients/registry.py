@@ -269,12 +269,12 @@ class RegistryClient:
         """
         self._check_repository(repository)
         listing = _Listing(
-            path=f"/v2/{repository}/tags/list",
-            key="tags",
-            name=f"the tag listing of {repository}",
-            unit="repository",
-            repository=repository,
-            page_size=self._page_size,
+            f"/v2/{repository}/tags/list",
+            "tags",
+            f"the tag listing of {repository}",
+            "repository",
+            repository,
+            self._page_size,
         )
 
         def unknown(response: requests.Response) -> bool:
@@ -290,13 +290,13 @@ class RegistryClient:
         :meth:`list_tags` follows its pages). A registry that refuses its catalog to the
         janitor's account (401, 403, 404) raises RegistryError saying so."""
         listing = _Listing(
-            path="/v2/_catalog",
-            key="repositories",
-            name="the catalog",
-            unit="catalog",
-            repository="",
-            page_size=self._catalog_page_size,
-            scope=CATALOG_SCOPE,
+            "/v2/_catalog",
+            "repositories",
+            "the catalog",
+            "catalog",
+            "",
+            self._catalog_page_size,
+            CATALOG_SCOPE,
         )
 
         def refused(response: requests.Response) -> bool:

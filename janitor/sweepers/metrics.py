@@ -157,7 +157,8 @@ def kubernetes_retention(
     except ApiException as exc:
         raise RetentionUnreadable(_api_exception_text(exc, kind, where)) from exc
     except urllib3.exceptions.HTTPError as exc:
-        host = api_client.configuration.host
+        # The kubernetes stubs (for kubernetes < 37, which has no py.typed) omit it.
+        host = api_client.configuration.host  # type: ignore[attr-defined, unused-ignore]
         raise RetentionUnreadable(f"cannot reach the Kubernetes API at {host}: {exc}") from exc
 
 
