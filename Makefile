@@ -1,11 +1,13 @@
 # The two commands a newcomer needs: `make demo` and `make test` (see README.md).
 # Both install what they need: Python packages into .venv, Debian packages via apt-get.
+# `make image` builds the container image (README "Container image"); `make test` builds it
+# too, from the build cache, for the image smoke test (tests/test_image.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck unit bench services clean
+.PHONY: demo test soak lint typecheck unit bench services image clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +37,11 @@ test: lint typecheck unit
 demo: $(STAMP) services
 	$(BIN)/python scripts/demo.py
 
+image: $(STAMP)
+	$(BIN)/python scripts/image.py build
+
 bench: $(STAMP) services
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("deployments_bench", "registry_bench", "logs_bench")
+BENCHMARKS = ("deployments_bench", "registry_bench", "logs_bench", "backup_bench", "audit_bench")
 
 
 def main() -> int:

@@ -1,23 +1,20 @@
-"""Command line (README "Command line"): run, plan, check, --version; exit codes."""
+"""Command line (README "Command line"): run, plan, check, audit, backups, restore,
+--version.
+
+Only argument parsing lives here: `janitor --version` and `--help` import nothing else, and
+a command imports what it uses (janitor.commands).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from janitor import __version__
-from janitor.config import load_settings, unknown_variables
-from janitor.errors import ConfigurationError, ExitCode
-from janitor.events import default_format, make_logger, new_run_id
-from janitor.lease import in_cluster_api_client
-from janitor.preflight import check
-from janitor.runner import run
-from janitor.stopping import Stop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,20 +33,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     selectors.add_argument("--concurrency", metavar="N", help="parallel deletions (default 8)")
     selectors.add_argument("--log-format", metavar="FORMAT", help="json or console")
-    run_cmd = commands.add_parser("run", parents=[selectors], help="one janitor run")
+    adopting = argparse.ArgumentParser(add_help=False)
+    adopting.add_argument(
+        "--adopt-orphans",
+        action="store_true",
+        default=None,
+        help="also sweep orphans found for JANITOR_ORPHAN_GRACE_DAYS (see README)",
+    )
+    run_cmd = commands.add_parser("run", parents=[selectors, adopting], help="one janitor run")
     run_cmd.add_argument("--dry-run", action="store_true", default=None, help="read only")
-    commands.add_parser("plan", parents=[selectors], help="what a run would do (= run --dry-run)")
+    commands.add_parser(
+        "plan", parents=[selectors, adopting], help="what a run would do (= run --dry-run)"
+    )
     commands.add_parser("check", parents=[selectors], help="connectivity and permissions preflight")
+    commands.add_parser(
+        "audit",
+        parents=[_settings_only()],
+        help="databases, roles and repositories no deployment row accounts for",
+    )
+    _backup_commands(commands)
     return parser
 
 
+def _settings_only() -> argparse.ArgumentParser:
+    """The options of a command that takes no selectors: where settings come from and how
+    events look (audit, backups, restore)."""
+    plain = argparse.ArgumentParser(add_help=False)
+    plain.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    plain.add_argument("--log-format", metavar="FORMAT", help="json or console")
+    return plain
+
+
+def _backup_commands(commands: Any) -> None:
+    """README "Final backups and restore": `backups` and `restore` (JANITOR_BACKUP_URL)."""
+    store = _settings_only()
+    listing = commands.add_parser("backups", parents=[store], help="list final backups")
+    listing.add_argument("release", nargs="?", metavar="RELEASE", help="only this deployment's")
+    restore = commands.add_parser(
+        "restore", parents=[store], help="restore a deployment database from its final backup"
+    )
+    restore.add_argument("release", metavar="RELEASE")
+    restore.add_argument(
+        "--as", dest="database", metavar="DATABASE", help="default: the original name"
+    )
+    restore.add_argument("--backup", metavar="URI", help="default: the newest backup")
+
+
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {
-        "only": args.only,
-        "max_deletions": args.max_deletions,
-        "concurrency": args.concurrency,
-        "log_format": args.log_format,
-    }
+    names = ("only", "max_deletions", "concurrency", "log_format", "adopt_orphans")
+    flags = {name: getattr(args, name, None) for name in names}
     if args.command == "plan" or getattr(args, "dry_run", None):
         flags["dry_run"] = True
     return flags
@@ -60,39 +92,15 @@ def main(
     environ: Mapping[str, str] | None = None,
     stdout: TextIO | None = None,
 ) -> int:
+    """Runs the command ``argv`` names and returns its exit code (README "Exit codes")."""
     args = _parser().parse_args(argv)
-    out = stdout if stdout is not None else sys.stdout
-    env = environ if environ is not None else os.environ
-    for warning in unknown_variables(env):
-        print(f"janitor: warning: {warning}", file=sys.stderr)
-    try:
-        settings = load_settings(_flags(args), env, args.config)
-    except ConfigurationError as exc:
-        # README "Exit codes": a configuration error is a plain line on stderr, exit 2, no events.
-        print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_CONFIGURATION
-    if not settings.subsystems:
-        print(
-            "janitor: invalid configuration: nothing to do: configure at least one of "
-            "JANITOR_HOUSTON_DSN, JANITOR_ELASTICSEARCH_URL, JANITOR_PROMETHEUS_URL",
-            file=sys.stderr,
-        )
-        return ExitCode.INVALID_CONFIGURATION
-    log = make_logger(
-        settings.log_format or default_format(out),
-        run_id=new_run_id(),
-        dry_run=settings.dry_run,
-        secrets=settings.secrets(),
-        stream=out,
+    from janitor import commands  # noqa: PLC0415 - --version and --help need none of it
+
+    return commands.execute(
+        args.command,
+        _flags(args),
+        args.config,
+        environ=environ if environ is not None else os.environ,
+        stdout=stdout if stdout is not None else sys.stdout,
+        operands={k: getattr(args, k, None) for k in ("release", "database", "backup")},
     )
-    try:
-        kube = in_cluster_api_client()
-    except ConfigurationError as exc:
-        print(f"janitor: invalid configuration: {exc}", file=sys.stderr)
-        return ExitCode.INVALID_CONFIGURATION
-    if args.command == "check":
-        return check(settings, log, kube=kube)
-    stop = Stop()
-    # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.
-    with stop.on_signals(signal.SIGTERM, signal.SIGINT):
-        return run(settings, log, kube=kube, stop=stop)

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from janitor import redact
+from janitor.clients.backupstore import location
 from janitor.errors import ConfigurationError
 from janitor.naming import (
     SAMPLE_RELEASE,
@@ -118,6 +119,8 @@ LeaseSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=15, le=36
 LockSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=3600)]
 # 0 is no deadline; a week bounds it where a Job's activeDeadlineSeconds would anyway.
 DeadlineSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=0, le=7 * 86400)]
+# A push is the run's last act before run.finished: a minute already delays that line a lot.
+PushSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=60)]
 # A CA bundle must exist before anything connects, whichever remote it is for.
 CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
@@ -241,6 +244,9 @@ class Settings(BaseModel):
     prometheus_name: str = "astronomer-prometheus"
     metrics_retention_days: Days = 15
 
+    pushgateway_url: str | None = None
+    pushgateway_timeout_seconds: PushSeconds = 10
+
     lease_name: str = "astro-janitor"
     lease_namespace: str | None = None
     lease_duration_seconds: LeaseSeconds = 60
@@ -255,6 +261,12 @@ class Settings(BaseModel):
     deadline_seconds: DeadlineSeconds = 0
     log_format: Literal["json", "console"] | None = None
     only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list)] = None
+    adopt_orphans: bool = False
+    orphan_grace_days: Days = 7
+
+    backup_url: str | None = None
+    backup_retention_days: Days = 30
+    backup_s3_endpoint_url: str | None = None
 
     _dsns = field_validator("houston_dsn", "airflow_dsn")(_check_dsn)
     _postgres_names = field_validator(
@@ -274,10 +286,34 @@ class Settings(BaseModel):
     def _registry_url(cls, value: str | None) -> str | None:
         return _check_url(value, allow_none_word=True)
 
-    @field_validator("elasticsearch_url", "prometheus_url")
+    @field_validator("elasticsearch_url", "prometheus_url", "pushgateway_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _check_url(value)
+
+    @field_validator("backup_url")
+    @classmethod
+    def _backup_url(cls, value: str | None) -> str | None:
+        # README "Final backups and restore": a file:// directory or an s3:// bucket/prefix,
+        # kept in one canonical form (every backup URI starts with it).
+        return None if value is None else location(value).url
+
+    @field_validator("backup_s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        checked = _check_url(value)
+        if checked is not None and urlsplit(checked).username is not None:
+            # boto3 would not use them: it reads credentials as README "Final backups" says.
+            raise ValueError("must not carry credentials (use AWS_ACCESS_KEY_ID and friends)")
+        return checked
+
+    @model_validator(mode="after")
+    def _s3_endpoint_goes_with_s3(self) -> Settings:
+        if self.backup_s3_endpoint_url is not None and not (self.backup_url or "").startswith(
+            "s3://"
+        ):
+            raise ValueError("JANITOR_BACKUP_S3_ENDPOINT_URL needs an s3:// JANITOR_BACKUP_URL")
+        return self
 
     @field_validator("database_template", "role_templates", "registry_repository_template")
     @classmethod
@@ -343,6 +379,13 @@ class Settings(BaseModel):
                 "JANITOR_PROMETHEUS_SOURCE=kubernetes needs JANITOR_PROMETHEUS_NAMESPACE "
                 "(or JANITOR_LEASE_NAMESPACE, the pod's namespace)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _adoption_has_a_houston(self) -> Settings:
+        # Orphans are what no row accounts for: without the deployments table there are none.
+        if self.adopt_orphans and self.houston_dsn is None:
+            raise ValueError("JANITOR_ADOPT_ORPHANS (--adopt-orphans) needs JANITOR_HOUSTON_DSN")
         return self
 
     @property
@@ -428,7 +471,13 @@ class Settings(BaseModel):
             password = redact.dsn_password(secret) if name.endswith("_dsn") else secret
             if password:
                 found.append(password)
-        for url in (self.registry_url, self.elasticsearch_url, self.prometheus_url):
+        urls = (
+            self.registry_url,
+            self.elasticsearch_url,
+            self.prometheus_url,
+            self.pushgateway_url,
+        )
+        for url in urls:
             password = redact.url_password(url) if url else None
             if password:
                 found.append(password)

@@ -11,8 +11,8 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any, Literal, TextIO
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Literal, ParamSpec, Protocol, TextIO, TypeVar
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -22,6 +22,19 @@ from janitor.redact import Scrubber
 
 LogFormat = Literal["json", "console"]
 Log = structlog.typing.FilteringBoundLogger
+Unit = Literal["deployments", "batches"]
+"""What the executor counts as done: expired deployments, and the steps of their own (a
+DELETE batch of log indices, the retention check)."""
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class Progress(Protocol):
+    """Told how much of the executed plan is done (the console view's progress display)."""
+
+    def begin(self, totals: Mapping[Unit, int]) -> None: ...
+
+    def advance(self, unit: Unit) -> None: ...
 
 
 def new_run_id() -> str:
@@ -83,7 +96,10 @@ def make_logger(
     dry_run: bool,
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    view: Processor | None = None,
 ) -> Log:
+    """The event logger; ``view`` replaces the console format's line renderer (it sees each
+    event after the secret scrubber, as the renderer would)."""
     out = stream if stream is not None else sys.stdout
     renderer: Processor = (
         structlog.processors.JSONRenderer()
@@ -98,7 +114,7 @@ def make_logger(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redactor(secrets),
             event_first,
-            renderer,
+            view if view is not None else renderer,
         ],
         context_class=dict,
         cache_logger_on_first_use=False,
@@ -110,12 +126,27 @@ _LEVELS = {"failed": "error", "mismatch": "warning"}
 
 
 class Recorder:
-    """Emits action events and counts them for run.finished: {event: {outcome: n}}."""
+    """Emits action events and counts them for run.finished: {event: {outcome: n}}; tells
+    ``progress``, if any, how much of the executed plan is done."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, progress: Progress | None = None) -> None:
         self.log = log
+        self._progress = progress
         self._counts: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
+
+    def begin(self, *, deployments: int, batches: int) -> None:
+        if self._progress is not None:
+            self._progress.begin({"deployments": deployments, "batches": batches})
+
+    def counted(self, unit: Unit, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``call(*args, **kwargs)``, counted as one ``unit`` done when it returns or raises
+        (in its own thread: a future's done-callback may run after its waiter returned)."""
+        try:
+            return call(*args, **kwargs)
+        finally:
+            if self._progress is not None:
+                self._progress.advance(unit)
 
     def action(self, action: Action, result: Result) -> None:
         fields: MutableMapping[str, Any] = {"target": action.target, "outcome": result.outcome}

@@ -128,6 +128,18 @@ def read_fleet(
     return Fleet(expired=tuple(valid), rejected=tuple(rejected))
 
 
+def count_expired(
+    conn: psycopg.Connection[Any], table: Table, *, now: datetime, retention_days: int
+) -> int:
+    """How many rows are past the window at ``now``, whatever their names (README "Run
+    metrics": janitor_expired_deployments_remaining)."""
+    query = sql.SQL("SELECT count(*) FROM {table} WHERE {expired}").format(
+        expired=table.expired_condition(), **table.columns()
+    )
+    ((count,),) = conn.execute(query, {"now": now, "days": retention_days}).fetchall()
+    return int(count)
+
+
 def _names_in_use(
     conn: psycopg.Connection[Any], table: Table, names: Sequence[str], params: dict[str, Any]
 ) -> set[str]:
@@ -223,3 +235,14 @@ def purge(conn: psycopg.Connection[Any], table: Table, deployment: Deployment) -
     except psycopg.Error as exc:
         return failed(postgres.describe(exc))
     return DONE if deleted else ABSENT
+
+
+def release_names(conn: psycopg.Connection[Any], table: Table) -> frozenset[str]:
+    """Every release name that still has a row, live or deleted (one query): their final
+    backups are kept whatever their age (README "Final backups and restore"), and they
+    account for the databases, roles and repositories their names give (README "Orphans:
+    janitor audit")."""
+    query = sql.SQL(
+        "SELECT DISTINCT {release}::text FROM {table} WHERE {release} IS NOT NULL"
+    ).format(**table.columns())
+    return frozenset(row[0] for row in conn.execute(query))

@@ -97,8 +97,11 @@ def in_cluster_api_client() -> client.ApiClient | None:
         return None
     configuration = client.Configuration()
     try:
-        # The kubernetes config loaders carry no annotations.
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # The kubernetes config loaders carry no annotations (their stubs, used with
+        # kubernetes < 37, do).
+        config.load_incluster_config(  # type: ignore[no-untyped-call, unused-ignore]
+            client_configuration=configuration
+        )
     except ConfigException as exc:
         raise ConfigurationError(
             f"KUBERNETES_SERVICE_HOST is set but the in-cluster config cannot be loaded ({exc}); "
@@ -308,9 +311,9 @@ def _cronjob_uid(api: client.CoreV1Api, namespace: str, cronjob_name: str) -> st
     # `kubectl describe cronjob` lists only Events whose involvedObject.uid matches; without
     # the uid the Event is still listed by `kubectl get events --field-selector ...`.
     try:
-        cronjob = client.BatchV1Api(api.api_client).read_namespaced_cron_job(
-            cronjob_name, namespace
-        )
+        # The kubernetes stubs (for kubernetes < 37, which has no py.typed) omit api_client.
+        api_client = api.api_client  # type: ignore[attr-defined, unused-ignore]
+        cronjob = client.BatchV1Api(api_client).read_namespaced_cron_job(cronjob_name, namespace)
     except ApiException as exc:
         if exc.status in (403, 404):
             return None

@@ -12,6 +12,7 @@ Sources: README "Safety rules" (release names), PostgreSQL "Identifiers and Key 
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Iterable
@@ -30,6 +31,10 @@ REPOSITORY = re.compile(
 MAX_REPOSITORY_LENGTH = 255
 # What a template is checked with at load time: a release name as Astronomer makes them.
 SAMPLE_RELEASE = "sample-release-1234"
+# A release name in its {release_snake} form: release names hold no "_", so each "_" of it
+# stands for a "-".
+SNAKE_RELEASE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_]*[a-z0-9])?")
+_FIELD_GRAMMAR = {"release": RELEASE_NAME, "release_snake": SNAKE_RELEASE_NAME}
 
 
 def release_name_refusal(name: str | None) -> str | None:
@@ -63,6 +68,42 @@ def check_template(template: str) -> str:
 def render(template: str, release: str) -> str:
     """``template`` applied to ``release`` (``release_snake``: ``-`` replaced by ``_``)."""
     return template.format(release=release, release_snake=release.replace("-", "_"))
+
+
+@functools.cache
+def template_pattern(template: str) -> re.Pattern[str]:
+    """The full-match regex of the names ``template`` gives for valid release names: the
+    first ``{release}`` and the first ``{release_snake}`` are named groups, a field used
+    again must repeat what its first use matched."""
+    parts: list[str] = []
+    seen: set[str] = set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(
+                f"(?P={name})" if name in seen else f"(?P<{name}>{_FIELD_GRAMMAR[name].pattern})"
+            )
+            seen.add(name)
+    return re.compile("".join(parts))
+
+
+def release_from(template: str, name: str) -> str | None:
+    """The release name whose ``template`` gives exactly ``name``, or None when no valid
+    release name does (README "Orphans: janitor audit").
+
+    A ``{release_snake}`` part is read back with each ``_`` as ``-``. What the pattern
+    matched is rendered again and must give ``name`` in full: a template using both fields
+    names one release only when both parts agree.
+    """
+    found = template_pattern(template).fullmatch(name)
+    if found is None:
+        return None
+    fields = found.groupdict()
+    plain, snake = fields.get("release"), fields.get("release_snake")
+    release = plain if plain is not None else (snake or "").replace("_", "-")
+    if release_name_refusal(release) is not None or render(template, release) != name:
+        return None
+    return release
 
 
 def identifier_refusal(name: str) -> str | None:
@@ -185,9 +226,27 @@ def index_name_refusal(name: str) -> str | None:
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """Elasticsearch's wildcard match (``*`` only), in full; never against a ``.ds-`` name:
     a backing index is reached only through its data stream's name (README "Safety rules")."""
+    return matching_pattern(name, patterns) is not None
+
+
+def matching_pattern(name: str, patterns: Iterable[str]) -> str | None:
+    """The first of ``patterns`` that :func:`matches` ``name``, or None."""
     if name.startswith(DATA_STREAM_BACKING_PREFIX):
-        return False
-    return any(_wildcard(pattern).fullmatch(name) for pattern in patterns)
+        return None
+    return next((p for p in patterns if _wildcard(p).fullmatch(name)), None)
+
+
+# How Elasticsearch names a data stream's backing index: .ds-<stream>-<yyyy.MM.dd>-<generation>
+# (7.11 and later), .ds-<stream>-<generation> before.
+_BACKING_INDEX = re.compile(r"\.ds-(?P<stream>.+?)(?:-[0-9]{4}\.[0-9]{2}\.[0-9]{2})?-[0-9]{6,}")
+
+
+def reaching_pattern(index: str, patterns: Iterable[str]) -> str | None:
+    """The pattern through which ``index`` was reached: the one matching its name or, for a
+    backing index, its data stream's name as the backing index's name tells it. For the
+    console view only: the sweeper knows the stream from Elasticsearch itself."""
+    backing = _BACKING_INDEX.fullmatch(index)
+    return matching_pattern(backing["stream"] if backing else index, patterns)
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Outcome = Literal["planned", "done", "absent", "skipped", "failed", "ok", "mismatch"]
+Outcome = Literal["planned", "done", "absent", "skipped", "failed", "ok", "mismatch", "found"]
 Counts = Mapping[str, Mapping[str, int]]
 """What ``run.finished`` reports: {event: {outcome: n}}."""
 
@@ -109,6 +109,10 @@ class DeploymentWork:
     denied: str | None = None
     """Why the janitor may not lock or delete the row (a missing privilege, with the grant
     that fixes it): the purge is ``failed`` and nothing of the deployment is attempted."""
+    adopted: str | None = None
+    """For an orphan swept with ``--adopt-orphans`` (README "Orphans: janitor audit"): when
+    the audit first found it (UTC, ISO 8601). It has no row: the janitor's orphan records
+    stand for it, are locked and re-checked instead, and are what its purge deletes."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ COMPONENTS = {
     "registry": "registry",
     "logs": "elasticsearch",
     "metrics": "prometheus",
+    "backups": "backup-store",
 }
 # Enough rows to show the kind of trouble; `janitor plan` reports every one of them.
 ROWS_SHOWN = 5

@@ -12,18 +12,20 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import structlog
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from janitor import __version__, assemble, houston, postgres
+from janitor import __version__, assemble, houston, orphan_records, postgres, pushgateway
 from janitor.config import Settings
 from janitor.errors import ConfigurationError, ExitCode
-from janitor.events import Log, Recorder
+from janitor.events import Log, Progress, Recorder
 from janitor.plan import (
     PLANNED,
     Action,
@@ -48,10 +50,15 @@ if TYPE_CHECKING:
 
     from kubernetes.client import ApiClient
 
+    from janitor.audit import Adoption
+
     Clock = Callable[[], datetime]
 
 GONE = frozenset({"done", "absent"})
 NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"
+NO_LONGER_ORPHAN = (
+    "a deployment row now holds this release, or its orphan records changed since the plan"
+)
 
 
 def utc_now() -> datetime:
@@ -78,6 +85,11 @@ class _Ending:
 
     code: ExitCode = ExitCode.OK
     notes: dict[str, Any] = field(default_factory=dict)
+    expired_remaining: int | None = None
+    """Rows still past the window after the run, counted only when metrics are pushed."""
+    count_error: str | None = None
+    locked_out: bool = False
+    """Another run holds the lock: this one did nothing and reports no run metrics."""
 
 
 def run(
@@ -87,18 +99,20 @@ def run(
     clock: Clock = utc_now,
     kube: ApiClient | None = None,
     stop: Stop | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Performs one run and returns its exit code; run.finished is always the last line,
     whatever is raised (a bug included: exit 1 with the error and where it was raised).
 
-    ``clock`` is the pod's clock (used only without a Houston database, and for the Lease);
-    ``kube`` is the Kubernetes API client when running in a cluster; once ``stop`` is
-    requested (SIGTERM), no new work starts and the run ends with exit 1.
+    ``clock`` is the pod's clock (used only without a Houston database, for the Lease and
+    the run metrics); ``kube`` is the Kubernetes API client when running in a cluster; once
+    ``stop`` is requested (SIGTERM), no new work starts and the run ends with exit 1;
+    ``progress`` is told how many deployments and batches are done of how many.
     """
     stop = stop if stop is not None else Stop()
     stop.set_deadline(settings.deadline_seconds)
     started = time.monotonic()
-    recorder = Recorder(log)
+    recorder = Recorder(log, progress)
     log.info(
         "run.started",
         version=__version__,
@@ -136,6 +150,9 @@ def run(
     event_error = _post_summary_event(settings, kube, finished, ending.code)
     if event_error is not None:
         finished["kubernetes_event_error"] = event_error
+    push_error = _push_metrics(settings, ending, finished, clock)
+    if push_error is not None:
+        finished["pushgateway_error"] = push_error
     failing = ending.code in (ExitCode.FAILED, ExitCode.INVALID_CONFIGURATION)
     (log.error if failing else log.info)("run.finished", **finished)
     return int(ending.code)
@@ -173,6 +190,49 @@ def _post_summary_event(
     return None
 
 
+def _push_metrics(
+    settings: Settings, ending: _Ending, finished: dict[str, Any], clock: Clock
+) -> str | None:
+    """README "Run metrics": a real run ends by pushing them; what went wrong, or None. A
+    failed push never changes the exit code."""
+    target = assemble.pushgateway_target(settings)
+    if target is None or ending.locked_out:
+        # A skipped run pushing exit 0 would refresh the last success while another run,
+        # perhaps one stuck for days, holds the lock.
+        return None
+    metrics = pushgateway.RunMetrics(
+        finished_at=clock().timestamp(),
+        exit_code=int(ending.code),
+        duration_s=finished["duration_s"],
+        counts=finished["counts"],
+        expired_remaining=ending.expired_remaining,
+    )
+    problems = [pushgateway.push(target, metrics), ending.count_error]
+    return "; ".join(p for p in problems if p is not None) or None
+
+
+def _count_expired(
+    settings: Settings,
+    main: psycopg.Connection[Any] | None,
+    table: houston.Table,
+    now: datetime,
+    ending: _Ending,
+) -> None:
+    """Counts the rows still past the window once the run is done, when they are pushed."""
+    if main is None or assemble.pushgateway_target(settings) is None:
+        return
+    try:
+        ending.expired_remaining = houston.count_expired(
+            main, table, now=now, retention_days=settings.retention_days
+        )
+    except psycopg.Error as exc:
+        # The run's work is done: a failed count costs only this metric.
+        ending.count_error = (
+            "janitor_expired_deployments_remaining not pushed: could not count the expired "
+            f"rows ({postgres.describe(exc)})"
+        )
+
+
 def _run(
     settings: Settings,
     recorder: Recorder,
@@ -195,15 +255,20 @@ def _run(
         if not dry_run and not _take_locks(
             settings, stack, main, kube=kube, clock=clock, recorder=recorder
         ):
+            ending.locked_out = True
             return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
         table = assemble.houston_table(settings)
-        sweepers = assemble.sweepers(settings, stack, now=now, houston=main, kube=kube)
+        run_id = str(structlog.get_context(recorder.log).get("run_id", ""))
+        sweepers = assemble.sweepers(
+            settings, stack, now=now, houston=main, kube=kube, run_id=run_id
+        )
         plan = build_plan(settings, sweepers, main, table=table, now=now, stop=stop)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
             _refuse(plan, recorder, refusal)
             ending.code = ExitCode.GUARD_REFUSED
+            _count_expired(settings, main, table, now, ending)
             return
         pool = None
         if plan.deployments and not dry_run and conninfo is not None:
@@ -211,6 +276,7 @@ def _run(
             pool = stack.enter_context(houston_pool)
         context = Context(settings, table, now, dry_run, recorder, pool, workers, stop)
         execute(plan, context)
+        _count_expired(settings, main, table, now, ending)
         counts = recorder.counts()
         for sweeper in sweepers.deployment:
             ending.notes |= sweeper.notes(counts)
@@ -285,6 +351,10 @@ def build_plan(
         )
         works = [DeploymentWork(d) for d in fleet.expired]
         works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
+        if settings.adopt_orphans and stop.reason() is None:
+            adoption = _adoption(settings, main, now)
+            steps += adoption.steps
+            works += [DeploymentWork(d, adopted=first) for d, first in adoption.adopted]
         expired = [w.deployment for w in works if w.blocked is None]
         missing = houston.missing_privileges(main, table)
         denied = houston.privilege_fix(main, table, missing) if missing else None
@@ -300,7 +370,8 @@ def build_plan(
             if part.unswept is not None:
                 blocked.append(part.unswept)
         if denied is not None:
-            works = [_deny(w, denied) for w in works]
+            # An adopted orphan has no row: its records stand for it (janitor.orphan_records).
+            works = [w if w.adopted else _deny(w, denied) for w in works]
     for standalone in sweepers.standalone:
         stopped = stop.reason()
         if stopped is None:
@@ -309,6 +380,14 @@ def build_plan(
             steps.append(final(Action(standalone.event, standalone.subsystem, skipped(stopped))))
     purge_blocked = ", ".join(blocked) if blocked else None
     return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
+
+
+def _adoption(settings: Settings, main: psycopg.Connection[Any], now: datetime) -> Adoption:
+    """``--adopt-orphans`` (README "Orphans: janitor audit"): the audit's events and the
+    orphan releases found for the grace period, to sweep like expired deployments."""
+    from janitor.audit import adoption  # noqa: PLC0415 - only runs that adopt orphans
+
+    return adoption(settings, main, now=now)
 
 
 def _deployment_plan(sweeper: DeploymentSweeper, expired: Sequence[Deployment]) -> DeploymentPlan:
@@ -372,15 +451,17 @@ def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
     for action in plan.actions():
         recorder.action(action, skipped(refusal) if action.deletes else action.planned)
     for work in plan.deployments:
-        recorder.action(_purge_action(work.deployment), skipped(refusal))
+        recorder.action(_purge_action(work), skipped(refusal))
 
 
 def execute(plan: Plan, context: Context) -> None:
-    pool = context.workers
+    pool, recorder = context.workers, context.recorder
+    recorder.begin(deployments=len(plan.deployments), batches=len(plan.steps))
     pending: list[Future[Any]] = [
-        pool.submit(_settle_deployment, w, plan, context) for w in plan.deployments
+        pool.submit(recorder.counted, "deployments", _settle_deployment, w, plan, context)
+        for w in plan.deployments
     ]
-    pending += [pool.submit(_settle, s, context) for s in plan.steps]
+    pending += [pool.submit(recorder.counted, "batches", _settle, s, context) for s in plan.steps]
     for future in pending:
         future.result()
 
@@ -405,18 +486,68 @@ def _settle(step: Step, context: Context, *, alone: bool = True) -> list[Result]
     return results
 
 
-def _purge_action(deployment: Deployment) -> Action:
+def _purge_action(work: DeploymentWork) -> Action:
+    deployment = work.deployment
+    fields: dict[str, Any] = {"id": deployment.id, "deleted_at": deployment.deleted_at}
+    if work.adopted is not None:
+        fields = {"adopted_orphan": True, "first_seen": work.adopted}
     return Action(
         "deployment.purge",
         deployment.release_name or deployment.id,
         PLANNED,
         deployment.release_name or None,
-        {"id": deployment.id, "deleted_at": deployment.deleted_at},
+        fields,
+    )
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What stands for a deployment in Houston: its row, or an adopted orphan's records."""
+
+    lock: Callable[[psycopg.Connection[Any]], AbstractContextManager[bool]]
+    purge: Callable[[psycopg.Connection[Any]], Result]
+    table: sql.Composed
+    waited: str
+    gone: str
+    """Why nothing is done when the lock finds it no longer to be swept."""
+
+
+def _row(work: DeploymentWork, context: Context) -> _Row:
+    deployment, settings = work.deployment, context.settings
+    if work.adopted is None:
+        return _Row(
+            lock=lambda conn: houston.locked_if_expired(
+                conn,
+                context.table,
+                deployment,
+                now=context.now,
+                retention_days=settings.retention_days,
+            ),
+            purge=lambda conn: houston.purge(conn, context.table, deployment),
+            table=context.table.ident(),
+            waited=f"the row of deployment {deployment.release_name or deployment.id} in "
+            f"{context.table.table}",
+            gone=NO_LONGER_EXPIRED,
+        )
+    records = assemble.orphan_records(settings)
+    release = deployment.release_name
+    return _Row(
+        lock=lambda conn: orphan_records.locked_if_adopted(
+            conn,
+            release,
+            records=records,
+            table=context.table,
+            cutoff=context.now - timedelta(days=settings.orphan_grace_days),
+        ),
+        purge=lambda conn: orphan_records.forget(conn, records, release),
+        table=records.ident(),
+        waited=f"the orphan records of release {release} in {records.table}",
+        gone=NO_LONGER_ORPHAN,
     )
 
 
 def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> None:
-    purge = _purge_action(work.deployment)
+    purge = _purge_action(work)
     if work.blocked is not None:
         context.recorder.action(purge, skipped(work.blocked))
         return
@@ -436,37 +567,28 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
         return
     if context.houston_pool is None:  # unreachable: real runs with deployments open it
         raise RuntimeError("no Houston connection pool")
+    row = _row(work, context)
     # The purge is reported once its transaction committed: a row reported gone is gone.
     result: Result | None = None  # set once the row lock was taken and the steps settled
     try:
         with context.houston_pool.connection() as conn:
             try:
-                with houston.locked_if_expired(
-                    conn,
-                    context.table,
-                    work.deployment,
-                    now=context.now,
-                    retention_days=context.settings.retention_days,
-                ) as still_expired:
+                with row.lock(conn) as still_expired:
                     if not still_expired:
-                        _skip_steps(work, NO_LONGER_EXPIRED, context)
-                        result = skipped(NO_LONGER_EXPIRED)
+                        _skip_steps(work, row.gone, context)
+                        result = skipped(row.gone)
                     else:
                         results = [
                             r for step in work.steps for r in _settle(step, context, alone=False)
                         ]
                         reason = keep_reason(results, plan.purge_blocked)
                         result = (
-                            skipped(reason)
-                            if reason
-                            else _remaining(work)
-                            or houston.purge(conn, context.table, work.deployment)
+                            skipped(reason) if reason else _remaining(work) or row.purge(conn)
                         )
             except psycopg.errors.LockNotAvailable:
-                holders = postgres.table_holders(conn, context.table.ident().as_string(conn))
-                waited = f"the row of deployment {purge.target} in {context.table.table}"
+                holders = postgres.table_holders(conn, row.table.as_string(conn))
                 timeouts = assemble.pg_timeouts(context.settings)
-                error = postgres.lock_wait(waited, timeouts, holders)
+                error = postgres.lock_wait(row.waited, timeouts, holders)
                 _skip_steps(work, "the deployment row lock was not obtained", context)
                 result = failed(error)
     except Exception as exc:  # noqa: BLE001 - one deployment's trouble must not end the run

@@ -176,15 +176,15 @@ CREATE TABLE "houston$default"."Deployment" (
 
 
 @contextmanager
-def fresh_houston() -> Iterator[Houston]:
-    """A fresh Houston database; drops every database and role created through it."""
+def houston_database() -> Iterator[Houston]:
+    """A fresh Houston database; drops it and every database and role seeded through it."""
     token = uuid.uuid4().hex[:8]
     state = Houston(dbname=f"houston_{token}", prefix=f"t{token}")
     with admin() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(state.dbname)))
-    with psycopg.connect(state.dsn, autocommit=True) as conn:
-        conn.execute(HOUSTON_TABLE)
     try:
+        with psycopg.connect(state.dsn, autocommit=True) as conn:
+            conn.execute(HOUSTON_TABLE)
         yield state
     finally:
         with admin() as conn:
@@ -199,7 +199,7 @@ def fresh_houston() -> Iterator[Houston]:
 @pytest.fixture
 def houston() -> Iterator[Houston]:
     """A fresh Houston database; drops every database and role the test created."""
-    with fresh_houston() as state:
+    with houston_database() as state:
         yield state
 
 

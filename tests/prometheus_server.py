@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,13 +32,18 @@ START_TIMEOUT_S = 60.0
 
 @contextmanager
 def running_prometheus(
-    workdir: Path, *flags: str, web_config: Mapping[str, Any] | None = None
+    workdir: Path,
+    *flags: str,
+    web_config: Mapping[str, Any] | None = None,
+    scrape_configs: Sequence[Mapping[str, Any]] = (),
 ) -> Iterator[str]:
-    """A real Prometheus started with ``flags``, scraping nothing; yields its base URL."""
+    """A real Prometheus started with ``flags``, scraping ``scrape_configs`` (by default
+    nothing: most tests read status endpoints only, and a quiet server starts fast);
+    yields its base URL."""
     workdir.mkdir(parents=True)
     config = workdir / "prometheus.yml"
-    # Scrape nothing: the tests read status endpoints only, and a quiet server starts fast.
-    config.write_text("global:\n  scrape_interval: 1h\nscrape_configs: []\n")
+    settings = {"global": {"scrape_interval": "1h"}, "scrape_configs": list(scrape_configs)}
+    config.write_text(json.dumps(settings))  # JSON is YAML
     port = free_port()
     command = [
         PROMETHEUS,
@@ -59,31 +64,37 @@ def running_prometheus(
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_for_line(process, log, READY_LINE)
+        wait_for_line(process, log, READY_LINE)
         yield f"{scheme}://127.0.0.1:{port}"
     finally:
         stop(process)
 
 
-def _wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str) -> None:
+def wait_for_line(process: subprocess.Popen[bytes], log: Path, line: str) -> None:
+    """Waits (bounded) for a server started by a test to write ``line`` to its ``log``."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while line not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"prometheus did not start:\n{log.read_text(errors='replace')}")
+            text = log.read_text(errors="replace")
+            raise RuntimeError(f"{process.args[0]} did not start:\n{text}")
         time.sleep(0.02)
 
 
 def web_config(*, tls: Tls, users: Mapping[str, str]) -> dict[str, Any]:
     """A Prometheus ``--web.config.file``: TLS with ``tls`` and basic auth for ``users``."""
-    # bcrypt's minimum cost: Prometheus checks the hash on every request, and the tests
-    # need the real check, not its cost.
-    hashed = {
-        user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
-        for user, password in users.items()
-    }
     return {
         "tls_server_config": {"cert_file": str(tls.cert), "key_file": str(tls.key)},
-        "basic_auth_users": hashed,
+        "basic_auth_users": hashed_users(users),
+    }
+
+
+def hashed_users(users: Mapping[str, str]) -> dict[str, str]:
+    """``basic_auth_users`` of a Prometheus-style ``--web.config.file``."""
+    # bcrypt's minimum cost: the server checks the hash on every request, and the tests
+    # need the real check, not its cost.
+    return {
+        user: bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        for user, password in users.items()
     }
 
 

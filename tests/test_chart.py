@@ -28,7 +28,15 @@ NAMESPACE = "astronomer"
 # client-side validation rejects the CronJob) and the newest one kubernetes-validate knows.
 KUBE_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 # Helm's install order for the kinds this chart makes (helm template prints in this order).
-INSTALL_ORDER = ("ServiceAccount", "Secret", "Role", "RoleBinding", "CronJob", "PrometheusRule")
+INSTALL_ORDER = (
+    "ServiceAccount",
+    "Secret",
+    "PersistentVolumeClaim",
+    "Role",
+    "RoleBinding",
+    "CronJob",
+    "PrometheusRule",
+)
 DOCS_BEGIN = "<!-- rendered-default-manifests:begin -->"
 DOCS_END = "<!-- rendered-default-manifests:end -->"
 
@@ -95,6 +103,7 @@ NON_DEFAULT: dict[str, Any] = {
     },
     "lease": {"name": "platform-janitor-lock", "durationSeconds": 120},
     "events": {"enabled": False},
+    "pushgateway": {"url": "http://prometheus-pushgateway.monitoring:9091", "timeoutSeconds": 20},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus"}},
     "serviceAccount": {"name": "janitor-sa", "annotations": {"team": "platform"}},
     "podLabels": {"team": "platform"},
@@ -358,6 +367,8 @@ def test_every_value_is_wired_into_the_container(chart: helm.Chart) -> None:
         "JANITOR_PROMETHEUS_KIND": "prometheus",
         "JANITOR_PROMETHEUS_NAMESPACE": "monitoring",
         "JANITOR_PROMETHEUS_NAME": "k8s",
+        "JANITOR_PUSHGATEWAY_URL": "http://prometheus-pushgateway.monitoring:9091",
+        "JANITOR_PUSHGATEWAY_TIMEOUT_SECONDS": "20",
         "JANITOR_DRY_RUN": "true",
         "JANITOR_MAX_DELETIONS": "10000000",
         "JANITOR_CONCURRENCY": "16",
@@ -679,6 +690,16 @@ def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
         ({"airflowDatabase": {"databaseTemplate": "airflow"}}, r"/airflowDatabase"),
         ({"houston": {"retentionDay": 15}}, r"retentionDay"),
         ({"credentials": {"houstonDsn": "postgresql://x"}}, r"/credentials/houstonDsn"),
+        ({"backup": {"url": "https://backups.example.com"}}, r"/backup/url"),
+        ({"backup": {"url": "file://relative"}}, r"/backup/url"),
+        ({"backup": {"retentionDays": 0}}, r"/backup/retentionDays"),
+        ({"backup": {"s3EndpointUrl": "minio:9000"}}, r"/backup/s3EndpointUrl"),
+        ({"backup": {"persistentVolumeClaim": {"size": "lots"}}}, r"/backup/persistentVolumeClaim"),
+        (
+            {"backup": {"persistentVolumeClaim": {"accessModes": []}}},
+            r"/backup/persistentVolumeClaim",
+        ),
+        ({"backup": {"s3Credentials": {"existingSecret": "Bad_Name"}}}, r"/backup/s3Credentials"),
     ],
 )
 def test_schema_rejects_bad_values(
@@ -774,9 +795,10 @@ def test_alert_rules_fire_on_a_failed_run_and_on_two_days_without_success(
     latest run alerts, a failure followed by a success does not, and no success for two
     days alerts unless the CronJob is suspended."""
     rule = one(manifests(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    subprocess.run([promtool(), "check", "rules", str(rules)], check=True, capture_output=True)
+    assert [r["alert"] for r in rule["spec"]["groups"][0]["rules"]] == [
+        "AstroJanitorJobFailed",
+        "AstroJanitorNotSucceeded",
+    ]
 
     ns, cj = f'namespace="{NAMESPACE}"', f'cronjob="{RELEASE}"'
     hour, day = 3600, 86400
@@ -882,12 +904,115 @@ def test_alert_rules_fire_on_a_failed_run_and_on_two_days_without_success(
             "alert_rule_test": [{"eval_time": "79h", **stale_alert, "exp_alerts": []}],
         },
     ]
-    suite = tmp_path / "tests.yaml"
+    promtool_test(rule, tests, tmp_path)
+
+
+def promtool_test(rule: Manifest, tests: list[dict[str, Any]], directory: Path) -> None:
+    """`promtool check rules` on the PrometheusRule's groups, then `promtool test rules`."""
+    rules = directory / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    subprocess.run([promtool(), "check", "rules", str(rules)], check=True, capture_output=True)
+    suite = directory / "tests.yaml"
     suite.write_text(yaml.safe_dump({"rule_files": [str(rules)], "tests": tests}))
     result = subprocess.run(
         [promtool(), "test", "rules", str(suite)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_run_metric_alerts_fire_on_failure_mismatch_rows_left_and_no_success(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    """With a Pushgateway configured, promtool runs the alerts on the pushed run metrics:
+    a last run that exited 1 alerts, one that exited 0 does not, exit 3 is a retention
+    mismatch, expired rows left after a run alert with their count, and a last success more
+    than two days old alerts (one a day old does not); every alert names the Houston
+    database."""
+    values = {"prometheusRule": {"enabled": True}, "pushgateway": {"url": "http://gw:9091"}}
+    rule = one(manifests(chart, values), "PrometheusRule")
+    pushed = 'job="astro-janitor", instance="houston", pod="pushgateway-0"'
+
+    def series(name: str, values: str) -> dict[str, str]:
+        return {"series": f"{name}{{{pushed}}}", "values": values}
+
+    def fires(alert: str, at: str, value: str = "") -> dict[str, Any]:
+        """``alert`` fires at ``at``, its annotations with {value} filled in."""
+        expected = {
+            "exp_labels": {"severity": "warning", "instance": "houston"},
+            "exp_annotations": {k: v.format(value=value) for k, v in annotations[alert].items()},
+        }
+        return {"eval_time": at, "alertname": alert, "exp_alerts": [expected]}
+
+    def quiet(alert: str, at: str) -> dict[str, Any]:
+        return {"eval_time": at, "alertname": alert, "exp_alerts": []}
+
+    annotations = {
+        "AstroJanitorRunFailed": {
+            "summary": "The last astro-janitor run for houston exited {value}.",
+            "description": (
+                "Exit 1: an action failed (its event says why; the rows it concerns are kept "
+                "for the next run); 2: invalid configuration; 4: the safety guard refused a "
+                f"plan larger than maxDeletions. Read the run's log in namespace {NAMESPACE}, "
+                f"CronJob {RELEASE}."
+            ),
+        },
+        "AstroJanitorRetentionMismatch": {
+            "summary": "Prometheus does not keep metrics for the configured window.",
+            "description": (
+                "The last astro-janitor run for houston found the Prometheus retention "
+                "different from prometheus.retentionDays; its metrics.retention.check event "
+                "says what to set."
+            ),
+        },
+        "AstroJanitorNoRecentSuccess": {
+            "summary": "astro-janitor has not succeeded for 48 hours.",
+            "description": (
+                "The last run for houston that exited 0 or 3 ended more than 48 hours ago: "
+                "expired deployments, images and log indices are piling up."
+            ),
+        },
+        "AstroJanitorExpiredDeploymentsRemaining": {
+            "summary": "Expired deployments are left in Houston after the last astro-janitor run.",
+            "description": (
+                "{value} deployment rows of Houston database houston were still past the "
+                "retention window after the last run. Their deployment.purge events say why "
+                "each was kept (a failure, an invalid or reused release name, the run's "
+                "deadline)."
+            ),
+        },
+    }
+    tests = [
+        {  # a clean run, then one that failed, then one with a retention mismatch
+            "interval": "1m",
+            "input_series": [
+                series("janitor_last_run_exit_code", "0x9 1x10 3x10"),
+                series("janitor_expired_deployments_remaining", "0x9 2x10 0x10"),
+                series("janitor_last_success_timestamp_seconds", "0x30"),
+            ],
+            "alert_rule_test": [
+                quiet("AstroJanitorRunFailed", "5m"),
+                quiet("AstroJanitorExpiredDeploymentsRemaining", "5m"),
+                fires("AstroJanitorRunFailed", "15m", "1"),
+                fires("AstroJanitorExpiredDeploymentsRemaining", "15m", "2"),
+                quiet("AstroJanitorRetentionMismatch", "15m"),
+                quiet("AstroJanitorRunFailed", "25m"),
+                fires("AstroJanitorRetentionMismatch", "25m"),
+            ],
+        },
+        {  # the last success was at time 0: quiet for two days, then the alert
+            "interval": "10m",
+            "input_series": [
+                series("janitor_last_run_exit_code", "1x400"),
+                series("janitor_last_success_timestamp_seconds", "0x400"),
+            ],
+            "alert_rule_test": [
+                quiet("AstroJanitorNoRecentSuccess", "24h"),
+                quiet("AstroJanitorNoRecentSuccess", "47h50m"),
+                fires("AstroJanitorNoRecentSuccess", "48h10m"),
+            ],
+        },
+    ]
+    promtool_test(rule, tests, tmp_path)
 
 
 def default_manifests_text() -> str:
@@ -941,3 +1066,81 @@ def test_the_run_deadline_ends_before_the_jobs(chart: helm.Chart) -> None:
     assert container_env(found)["JANITOR_DEADLINE_SECONDS"] == "1680"
     with pytest.raises(Exception, match="must exceed deadlineMarginSeconds"):
         manifests(chart, {"activeDeadlineSeconds": 300, "deadlineMarginSeconds": 300})
+
+
+def test_a_file_backup_url_mounts_a_claim_the_chart_keeps_after_uninstall(
+    chart: helm.Chart,
+) -> None:
+    """backup.url file:///var/backups/janitor with persistentVolumeClaim.create: a claim
+    (helm.sh/resource-policy keep) mounted at that path, the backup variables set, every
+    object valid and the pod still "restricted"; an existing claim is mounted instead."""
+    backup = {
+        "url": "file:///var/backups/janitor/",
+        "retentionDays": 60,
+        "persistentVolumeClaim": {"create": True, "size": "20Gi", "storageClassName": "fast"},
+    }
+    found = manifests(chart, {"backup": backup})
+
+    claim = one(found, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{RELEASE}-backups"
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": "fast",
+        "resources": {"requests": {"storage": "20Gi"}},
+    }
+    for manifest in found:
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    env = container_env(found)
+    assert env["JANITOR_BACKUP_URL"] == "file:///var/backups/janitor/"
+    assert env["JANITOR_BACKUP_RETENTION_DAYS"] == "60"
+    assert "JANITOR_BACKUP_S3_ENDPOINT_URL" not in env
+    assert "AWS_ACCESS_KEY_ID" not in env
+    pod = pod_spec(found)
+    [container] = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["backups"] == "/var/backups/janitor"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["backups"] == {
+        "name": "backups",
+        "persistentVolumeClaim": {"claimName": f"{RELEASE}-backups"},
+    }
+    assert restricted_violations(pod) == []
+    assert load_settings({}, {k: v for k, v in env.items() if isinstance(v, str)}).backup_url == (
+        "file:///var/backups/janitor"
+    )
+
+    existing = {"url": "file:///backups", "persistentVolumeClaim": {"existingClaim": "dumps"}}
+    found = manifests(chart, {"backup": existing})
+    assert [m for m in found if m["kind"] == "PersistentVolumeClaim"] == []
+    volumes = {v["name"]: v for v in pod_spec(found)["volumes"]}
+    assert volumes["backups"]["persistentVolumeClaim"] == {"claimName": "dumps"}
+
+
+def test_a_file_backup_url_without_a_volume_is_refused(chart: helm.Chart) -> None:
+    """The root filesystem is read-only: a file:// store needs a claim, and says how."""
+    with pytest.raises(helm.HelmRenderError, match=r"backup\.persistentVolumeClaim"):
+        render_templates(chart, {"backup": {"url": "file:///var/backups/janitor"}})
+
+
+def test_an_s3_backup_url_takes_its_credentials_from_an_existing_secret(chart: helm.Chart) -> None:
+    """backup.url s3://..., an S3-compatible endpoint and s3Credentials.existingSecret: the
+    endpoint variable and the two AWS variables from that Secret, and no volume."""
+    backup = {
+        "url": "s3://platform-backups/astro-janitor",
+        "s3EndpointUrl": "http://minio.minio:9000",
+        "s3Credentials": {"existingSecret": "minio-janitor", "accessKeyIdKey": "user"},
+    }
+    found = manifests(chart, {"backup": backup})
+
+    env = container_env(found)
+    assert env["JANITOR_BACKUP_URL"] == "s3://platform-backups/astro-janitor"
+    assert env["JANITOR_BACKUP_RETENTION_DAYS"] == "30"
+    assert env["JANITOR_BACKUP_S3_ENDPOINT_URL"] == "http://minio.minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == secret_ref("minio-janitor", "user")
+    assert env["AWS_SECRET_ACCESS_KEY"] == secret_ref("minio-janitor", "AWS_SECRET_ACCESS_KEY")
+    assert "backups" not in {v["name"] for v in pod_spec(found)["volumes"]}
+    assert [m for m in found if m["kind"] == "PersistentVolumeClaim"] == []
+    for manifest in found:
+        kubernetes_validate.validate(manifest, KUBE_VERSIONS[-1], strict=True)

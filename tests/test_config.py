@@ -96,6 +96,17 @@ SECRET = "p4ss-w0rd"
         ({"JANITOR_LEASE_NAMESPACE": "astronomer.io"}, "is not a Kubernetes namespace"),
         ({"JANITOR_PROMETHEUS_NAMESPACE": "Monitoring"}, "is not a Kubernetes namespace"),
         ({"JANITOR_ELASTICSEARCH_URL": "http://es:9200/\t"}, "control characters"),
+        # Issue 15: run metrics go to an http(s) Pushgateway, within a bounded time.
+        (
+            {"JANITOR_PUSHGATEWAY_URL": "pushgateway:9091"},
+            "JANITOR_PUSHGATEWAY_URL='pushgateway:9091' (environment): must be an http://",
+        ),
+        (
+            {"JANITOR_PUSHGATEWAY_URL": f"http://janitor:{SECRET}@gateway:9091/\n"},
+            "JANITOR_PUSHGATEWAY_URL='http://janitor:***@gateway:9091/\\n' (environment)",
+        ),
+        ({"JANITOR_PUSHGATEWAY_TIMEOUT_SECONDS": "0"}, "must be a whole number >= 1"),
+        ({"JANITOR_PUSHGATEWAY_TIMEOUT_SECONDS": "61"}, "must be at most 60"),
     ],
 )
 def test_invalid_settings_exit_2_with_one_line_naming_setting_and_value(
@@ -293,7 +304,8 @@ def test_a_list_of_blank_items_means_the_default(value: str) -> None:
 
 
 def test_the_upper_bounds_themselves_are_accepted() -> None:
-    """The largest documented values load: 36500 days, 64 workers, a one-hour lease."""
+    """The largest documented values load: 36500 days, 64 workers, a one-hour lease, a
+    one-minute push."""
     environ = {
         "JANITOR_RETENTION_DAYS": "36500",
         "JANITOR_LOG_RETENTION_DAYS": "36500",
@@ -301,6 +313,7 @@ def test_the_upper_bounds_themselves_are_accepted() -> None:
         "JANITOR_MAX_DELETIONS": "1000000000",
         "JANITOR_CONCURRENCY": "64",
         "JANITOR_LEASE_DURATION_SECONDS": "3600",
+        "JANITOR_PUSHGATEWAY_TIMEOUT_SECONDS": "60",
         "JANITOR_HOUSTON_TABLE": "D" * 63,
     }
 

@@ -11,6 +11,7 @@ from janitor.naming import (
     Templates,
     check_template,
     identifier_refusal,
+    release_from,
     release_name_refusal,
     repository_refusal,
 )
@@ -30,6 +31,7 @@ from janitor.plan import (
 )
 from janitor.runner import keep_reason
 from janitor.sweepers.metrics import Retention, RetentionUnreadable, sweeper
+from janitor.sweepers.orphans import classify
 
 RELEASE_NAMES = [
     ("quasaric-sun-9051", None),
@@ -126,6 +128,68 @@ def test_identifiers_fit_postgresql(name: str, ok: bool) -> None:
 def test_repository_names_follow_the_distribution_grammar(name: str, ok: bool) -> None:
     """Repository names match the distribution spec in full and stay within 255 characters."""
     assert (repository_refusal(name) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("template", "name", "release"),
+    [
+        ("{release_snake}_airflow", "dark_matter_4321_airflow", "dark-matter-4321"),
+        ("{release_snake}_airflow", "a_airflow_airflow", "a-airflow"),  # its suffix inside
+        ("{release_snake}_airflow", "a__b_airflow", "a--b"),
+        ("{release_snake}_airflow", "_airflow", None),  # no release at all
+        ("{release_snake}_airflow", "a__airflow", None),  # release `a-`: not valid
+        ("{release_snake}_airflow", "a-b_airflow", None),  # a dash in a snake part
+        ("{release_snake}_airflow", "A_airflow", None),
+        ("{release_snake}_airflow", "a_airflow\n", None),  # full match, never `$`
+        ("{release_snake}_airflow", "a_airflow_x", None),
+        ("{release}/airflow", "a-b/airflow", "a-b"),
+        ("{release}/airflow", "a/b/airflow", None),
+        ("{release}/airflow", "a_b/airflow", None),
+        ("{release}-{release}", "a-b-a-b", "a-b"),  # a field used twice must agree
+        ("{release}-{release}", "a-b-a-c", None),
+        ("{release}-{release_snake}", "a-b-a_b", "a-b"),
+        ("{release}-{release_snake}", "a-b-a_c", None),
+        ("{release_snake}", "a_celery", "a-celery"),
+    ],
+)
+def test_a_name_reads_back_into_the_release_a_template_gives_it_for(
+    template: str, name: str, release: str | None
+) -> None:
+    """A template is inverted in full: `_` in a snake part reads as `-`, and the release
+    found must render back to exactly the name (README "Orphans: janitor audit")."""
+    assert release_from(template, name) == release
+
+
+ROLES = ("{release_snake}_celery", "{release_snake}")
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "verdict"),
+    [
+        ("a_celery", set(), "ambiguous"),  # a's, or a-celery's
+        ("a_celery", {"a"}, "ambiguous"),  # live a's, and rowless a-celery's
+        ("a_celery", {"a", "a-celery"}, None),  # both readings have rows: accounted for
+        ("b", set(), "b"),  # one reading, no row: an orphan of b
+        ("b", {"b"}, None),
+        ("b_", set(), None),  # no template gives it
+        ("x_y", {"x_y"}, "ambiguous"),  # an old invalid row x_y renders to it, x-y has none
+    ],
+)
+def test_a_name_is_an_orphan_only_when_one_rowless_release_explains_it(
+    name: str, rows: set[str], verdict: str | None
+) -> None:
+    """Classified against role templates `{release_snake}_celery,{release_snake}`: a name
+    is an orphan of its one rowless release, ambiguous when another reading exists, and
+    not reported when rows account for every reading."""
+    found = classify("role", [name], ROLES, frozenset(rows))
+    if verdict is None:
+        assert found == []
+    elif verdict == "ambiguous":
+        ((finding),) = found
+        assert (finding.orphan, finding.release) == (False, None)
+        assert (finding.ambiguity or "").startswith(f"ambiguous: {name} ")
+    else:
+        assert [(f.release, f.orphan) for f in found] == [(verdict, True)]
 
 
 def _verdict(retention: Retention | Exception, expected_days: int = 15) -> Result:

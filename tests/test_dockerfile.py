@@ -70,11 +70,51 @@ def test_runtime_stage_runs_janitor_as_a_numeric_non_root_user() -> None:
     assert "COPY --from=build /opt/janitor /opt/janitor" in runtime
     assert [i for i in runtime if i.startswith("USER ")] == ["USER 10001:10001"]
     assert runtime[-2:] == ['ENTRYPOINT ["janitor"]', 'CMD ["run"]']
-    [labels] = [i for i in runtime if i.startswith("LABEL ")]
+    labels = " ".join(i for i in runtime if i.startswith("LABEL "))
     for key in ("title", "description", "version", "revision", "licenses", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels
-    for compiler in ("gcc", "build-essential", "clang", "apt-get install"):
+    for compiler in ("gcc", "build-essential", "clang", "g++", "-dev "):
         assert compiler not in text
+
+
+def test_the_runtime_stage_installs_debians_postgresql_client_and_nothing_else() -> None:
+    """pg_dump and pg_restore for the final backups: one apt-get step in the runtime stage,
+    postgresql-client without recommends, the package lists removed in the same layer, and
+    no apt-get anywhere else."""
+    build, runtime = stages()
+    installs = [i for i in build + runtime if "apt-get" in i]
+    assert len(installs) == 1
+    (step,) = installs
+    assert step in runtime
+    assert runtime.index(step) < runtime.index("USER 10001:10001")
+    assert (
+        " ".join(step.split()).count(
+            "apt-get install -y --no-install-recommends postgresql-client && "
+        )
+        == 1
+    )
+    assert "rm -rf /var/lib/apt/lists/*" in step
+
+
+def test_build_stage_runs_on_either_base_and_keeps_pip_settings_out_of_the_layers() -> None:
+    """Only `python3` is called (Debian's python3 base has no `python`); pip's settings and CA
+    bundle come from build secrets mounted per step, never from ARGs (recorded in the image
+    history) or copied files; wheels come from a cache mount; the pip list is recorded."""
+    build, runtime = stages()
+    runs = [i for i in build + runtime if i.startswith("RUN ")]
+    assert not [r for r in runs if re.search(r"(^RUN |&& |\s)python\s", r)]
+    assert "PIP_CONFIG_FILE=/run/secrets/pip.conf" in " ".join(build)
+    pip_steps = [r for r in runs if "pip download" in r]
+    assert len(pip_steps) == 2
+    for step in pip_steps:
+        assert "--mount=type=secret,id=pip.conf,target=/run/secrets/pip.conf" in step
+        assert "--mount=type=secret,id=pip-cert.pem,target=/run/secrets/pip-cert.pem" in step
+        assert "--mount=type=cache,target=/var/cache/wheels" in step
+        assert "--no-index --find-links /var/cache/wheels" in step
+    args = {i.split()[1].split("=")[0] for i in build + runtime if i.startswith("ARG ")}
+    assert args == {"PYTHON_IMAGE", "VERSION", "REVISION"}
+    assert "> /opt/janitor/pip-list.txt" in pip_steps[-1]
+    assert "pip uninstall --yes pip" in pip_steps[-1]
 
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from tests.conftest import ADMIN_DSN, Houston, Run, admin, fresh_houston, janitor
+from tests.conftest import ADMIN_DSN, Houston, Run, admin, houston_database, janitor
 from tests.fleet import ROLE_KINDS, Fleet, Member, database_of
 from tests.registry_server import Registry, registry  # noqa: F401 - pytest fixture
 
@@ -154,7 +154,7 @@ def acted_on(members: list[Member], cutoff: datetime) -> set[str]:
 def pinned_houston(now: datetime) -> Iterator[tuple[Houston, str, str]]:
     """A fresh Houston, the janitor's non-superuser role (CREATEROLE) and its DSN, with the
     Houston server's ``now()`` pinned to ``now`` for that role."""
-    with fresh_houston() as houston:
+    with houston_database() as houston:
         dsn = houston.janitor_role("janitor")
         role = houston.release("janitor")
         pinned = f"SELECT {sql.Literal(now.isoformat()).as_string(None)}::timestamptz"

@@ -171,6 +171,65 @@ def test_a_listing_past_the_page_bound_fails(registry: Registry, make_proxy: Mak
     assert proxy.counts["GET tags"] == 3
 
 
+def test_the_catalog_is_read_in_the_pages_the_registry_links(
+    registry: Registry, make_proxy: MakeProxy
+) -> None:
+    """At 2 repositories a page, distribution pages its catalog itself: every repository
+    comes back once, in as many requests as pages, each following Link rel=next."""
+    names = sorted(repo() for _ in range(5))
+    for name in names:
+        registry.pusher().image(name, "v1")
+    proxy = make_proxy(registry.url)
+
+    listed = connect(registry, proxy.url, catalog_page_size=2).list_repositories()
+
+    assert set(names) <= set(listed)
+    assert len(listed) == len(set(listed))
+    catalog = [path for _, path in proxy.paths if path.startswith("/v2/_catalog")]
+    assert len(catalog) == -(-len(listed) // 2)
+    assert all("last=" in path for path in catalog[1:])
+
+
+@pytest.mark.parametrize(
+    ("page", "link", "refusal"),
+    [
+        (
+            ["a/airflow"],
+            "/v2/a/airflow/tags/list?n=1",
+            "the catalog links to /v2/a/airflow/tags/list, which leaves the catalog: not followed",
+        ),
+        (
+            ["a/airflow"],
+            "/v2/_catalog?n=1&last=0",
+            "the catalog goes round in circles: page 2 repeats 'a/airflow' from an earlier page "
+            "(does the registry or a proxy in front of it ignore last=?)",
+        ),
+        (
+            [],
+            "/v2/_catalog?n=1000",
+            "the catalog goes round in circles: page 1 links back to a page already read "
+            "(/v2/_catalog?n=1000)",
+        ),
+    ],
+    ids=["leaves the catalog", "repeats a name", "links back"],
+)
+def test_a_catalog_that_misleads_the_client_fails_instead_of_looping(
+    registry: Registry, make_proxy: MakeProxy, page: list[str], link: str, refusal: str
+) -> None:
+    """The catalog is followed with the same bounds as a tag listing: a Link out of it, a
+    page repeating a name, a link back to a page already read each fail the listing."""
+    proxy = make_proxy(registry.url)
+    body = json.dumps({"repositories": page}).encode()
+    proxy.inject(Fault("GET", "/v2/_catalog", 200, body, {"Link": f'<{link}>; rel="next"'}, None))
+    client = connect(registry, proxy.url)
+
+    with pytest.raises(RegistryError) as misled:
+        finishes(client.list_repositories)
+
+    assert str(misled.value) == refusal
+    assert not [path for _, path in proxy.paths if "tags/list" in path]
+
+
 @pytest.mark.parametrize(
     ("link", "refusal"),
     [

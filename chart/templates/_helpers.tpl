@@ -165,3 +165,26 @@ summary before Kubernetes kills the pod (README "Time limits").
 {{- end -}}
 {{- $deadline -}}
 {{- end -}}
+
+{{/*
+The claim holding the backups of a file:// backup.url (README "Final backups and restore"),
+empty for none; the root filesystem is read-only, so a file:// store needs one.
+*/}}
+{{- define "astro-janitor.backupClaim" -}}
+{{- $backup := .Values.backup }}
+{{- if hasPrefix "file://" ($backup.url | default "") }}
+{{- $claim := $backup.persistentVolumeClaim }}
+{{- if $claim.existingClaim }}
+{{- $claim.existingClaim }}
+{{- else if $claim.create }}
+{{- printf "%s-backups" (include "astro-janitor.fullname" .) }}
+{{- else }}
+{{- fail "backup.url file:// needs a volume: set backup.persistentVolumeClaim.existingClaim or backup.persistentVolumeClaim.create=true" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where the backup claim is mounted: the path of the file:// backup.url. */}}
+{{- define "astro-janitor.backupPath" -}}
+{{- .Values.backup.url | trimPrefix "file://" | trimSuffix "/" }}
+{{- end }}

@@ -67,10 +67,19 @@ DEFAULT_TOKEN_SECONDS = 60.0
 # that dies in flight.
 TOKEN_MARGIN_SECONDS = 10.0
 DEFAULT_PAGE_SIZE = 100
-# The most tags/list pages read for one repository: 1,000,000 tags at the page size the
-# janitor asks for, and still 100,000 from a registry that caps its pages at 10 tags. A
-# listing that has not ended by then is a registry or proxy going round in circles.
+# The catalog is read in pages of distribution's default `catalog.maxentries` (1000): a
+# bigger `n` is refused (400 PAGINATION_NUMBER_INVALID), a smaller one costs a catalog walk
+# of the registry's storage per page.
+CATALOG_PAGE_SIZE = 1000
+# The most pages read for one listing (a repository's tags, or the catalog): 1,000,000 tags
+# at the page size the janitor asks for, and still 100,000 from a registry that caps its
+# pages at 10. A listing that has not ended by then is a registry or proxy going round in
+# circles.
 MAX_TAG_PAGES = 10_000
+CATALOG_SCOPE = "registry:catalog:*"
+# What a registry that keeps its catalog from the janitor's account answers (distribution:
+# 401 without the registry:catalog:* scope; front-ends and hosted registries 403 or 404).
+CATALOG_REFUSALS = frozenset({401, 403, 404})
 DEFAULT_OPTIONS = HttpOptions()
 
 
@@ -154,6 +163,25 @@ def _error_codes(response: requests.Response) -> set[str]:
     return {str(e.get("code")) for e in body["errors"] if isinstance(e, dict)}
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """One paginated listing: a repository's tags, or the registry's catalog. Both page
+    with ``n``/``last`` and a ``Link: <…>; rel="next"`` header (distribution spec)."""
+
+    path: str
+    """Of the first page, e.g. ``/v2/<repository>/tags/list`` or ``/v2/_catalog``."""
+    key: str
+    """The answer's field holding the names (``tags``, ``repositories``)."""
+    name: str
+    """How errors name it: ``the tag listing of <repository>``, ``the catalog``."""
+    unit: str
+    """What no page link may leave and what the page bound is counted for."""
+    repository: str
+    """Whose token scope reads it; empty for the catalog, read with ``scope``."""
+    page_size: int
+    scope: str | None = None
+
+
 class RegistryClient:
     """One registry: one pooled session, the auth learned from ``/v2/``, a token per scope.
 
@@ -170,12 +198,14 @@ class RegistryClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         max_pages: int = MAX_TAG_PAGES,
         max_in_flight: int = DEFAULT_OPTIONS.pool_size,
+        catalog_page_size: int = CATALOG_PAGE_SIZE,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._credentials = credentials
         self._clock = clock
         self._page_size = page_size
+        self._catalog_page_size = catalog_page_size
         self._max_pages = max_pages
         self._ping_lock = threading.Lock()
         self._challenge: Challenge | None = None
@@ -238,38 +268,86 @@ class RegistryClient:
         ``last=``), or more than ``max_pages`` pages fail this repository's listing.
         """
         self._check_repository(repository)
-        first = f"{self.base_url}/v2/{repository}/tags/list"
-        url = f"{first}?{urlencode({'n': self._page_size})}"
+        listing = _Listing(
+            f"/v2/{repository}/tags/list",
+            "tags",
+            f"the tag listing of {repository}",
+            "repository",
+            repository,
+            self._page_size,
+        )
+
+        def unknown(response: requests.Response) -> bool:
+            if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response):
+                return True
+            self._expect(response, {200}, f"listing the tags of {repository}")
+            return False
+
+        return self._read_listing(listing, unknown)
+
+    def list_repositories(self) -> list[str]:
+        """Every repository the catalog lists (``/v2/_catalog``, all pages, followed as
+        :meth:`list_tags` follows its pages). A registry that refuses its catalog to the
+        janitor's account (401, 403, 404) raises RegistryError saying so."""
+        listing = _Listing(
+            "/v2/_catalog",
+            "repositories",
+            "the catalog",
+            "catalog",
+            "",
+            self._catalog_page_size,
+            CATALOG_SCOPE,
+        )
+
+        def refused(response: requests.Response) -> bool:
+            if response.status_code in CATALOG_REFUSALS:
+                raise RegistryError(
+                    f"registry {self.base_url} refuses its catalog to {self._who()} "
+                    f"(/v2/_catalog answered {response.status_code}: "
+                    f"{_error_detail(response)}): the audit needs catalog access (token scope "
+                    f"{CATALOG_SCOPE})"
+                )
+            self._expect(response, {200}, "listing the catalog")
+            return False
+
+        return self._read_listing(listing, refused) or []
+
+    def _read_listing(
+        self, listing: _Listing, unknown: Callable[[requests.Response], bool]
+    ) -> list[str] | None:
+        """Every name of ``listing``, all pages; None when ``unknown`` says the first answer
+        means there is nothing to list (it raises for an answer that is an error)."""
+        first = f"{self.base_url}{listing.path}"
+        url = f"{first}?{urlencode({'n': listing.page_size})}"
         cursors = {_cursor(url)}
-        tags: list[str] = []
+        names: list[str] = []
         listed: set[str] = set()
         for page in range(1, self._max_pages + 1):
-            response = self._request("GET", url, repository)
-            if response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response):
+            response = self._request("GET", url, listing.repository, scope=listing.scope)
+            if unknown(response):
                 return None
-            self._expect(response, {200}, f"listing the tags of {repository}")
-            for tag in self._parse_tags(response, repository):
-                if tag in listed:
+            for name in self._parse_names(response, listing):
+                if name in listed:
                     raise RegistryError(
-                        f"the tag listing of {repository} goes round in circles: page {page} "
-                        f"repeats {tag!r} from an earlier page (does the registry or a proxy "
+                        f"{listing.name} goes round in circles: page {page} "
+                        f"repeats {name!r} from an earlier page (does the registry or a proxy "
                         "in front of it ignore last=?)"
                     )
-                listed.add(tag)
-                tags.append(tag)
+                listed.add(name)
+                names.append(name)
             link = response.links.get("next", {}).get("url")
             if not link:
-                return tags
-            url = _next_page(urljoin(url, link), first, repository)
+                return names
+            url = _next_page(urljoin(url, link), first, listing)
             if _cursor(url) in cursors:
                 raise RegistryError(
-                    f"the tag listing of {repository} goes round in circles: page {page} "
+                    f"{listing.name} goes round in circles: page {page} "
                     f"links back to a page already read ({_path_and_query(url)})"
                 )
             cursors.add(_cursor(url))
         raise RegistryError(
-            f"the tag listing of {repository} did not end after {self._max_pages} pages "
-            "(the most the janitor reads for one repository)"
+            f"{listing.name} did not end after {self._max_pages} pages "
+            f"(the most the janitor reads for one {listing.unit})"
         )
 
     def resolve_digest(self, repository: str, tag: str) -> str | None:
@@ -355,11 +433,16 @@ class RegistryClient:
         url: str,
         repository: str,
         headers: Mapping[str, str] | None = None,
+        *,
+        scope: str | None = None,
     ) -> requests.Response:
+        """``method`` on ``url`` with the token for ``repository`` (or, for what is not a
+        repository's, the token ``scope`` names)."""
         self.ping()
         action = _action(method)
-        with self._tokens_lock:
-            scope = f"repository:{repository}:{self._challenged_actions.get(action, action)}"
+        if scope is None:
+            with self._tokens_lock:
+                scope = f"repository:{repository}:{self._challenged_actions.get(action, action)}"
         challenge = self._challenge
         auth = self._auth_for(challenge, scope) if challenge else self._static_auth()
         response = self._send(method, url, headers={**(headers or {}), **auth})
@@ -385,9 +468,9 @@ class RegistryClient:
         auth = {"Authorization": f"Bearer {token.value}"}
         response = self._send(method, url, headers={**(headers or {}), **auth})
         if response.status_code == 401:
+            needs = f"pull and delete on {repository}" if repository else f"the scope {scope}"
             raise RegistryError(
-                f"the token service did not grant {asked!r}: {self._who()} needs pull and "
-                f"delete on {repository}"
+                f"the token service did not grant {asked!r}: {self._who()} needs {needs}"
             )
         return response
 
@@ -518,26 +601,24 @@ class RegistryClient:
             f"{retry_after_note(response.headers)}"
         )
 
-    def _parse_tags(self, response: requests.Response, repository: str) -> Iterator[str]:
+    def _parse_names(self, response: requests.Response, listing: _Listing) -> Iterator[str]:
         try:
             body = response.json()
         except ValueError:
-            raise RegistryError(
-                f"registry answered invalid JSON listing the tags of {repository}"
-            ) from None
-        tags = body.get("tags") if isinstance(body, dict) else ()
+            raise RegistryError(f"registry answered invalid JSON in {listing.name}") from None
+        names = body.get(listing.key) if isinstance(body, dict) else ()
         # distribution answers "tags": null for a repository whose tags were all deleted.
-        if tags is None:
+        if names is None:
             return iter(())
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise RegistryError(f"registry answered a malformed tag list for {repository}")
-        return iter(tags)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RegistryError(f"registry answered a malformed page of {listing.name}")
+        return iter(names)
 
 
-def _next_page(url: str, first: str, repository: str) -> str:
+def _next_page(url: str, first: str, listing: _Listing) -> str:
     """``url`` when it is a next page of ``first``: a Link header must not lead the
-    janitor (and its credentials) to another server or another repository."""
-    refused = f"the tag listing of {repository} links to"
+    janitor (and its credentials) to another server, another repository or another listing."""
+    refused = f"{listing.name} links to"
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         raise RegistryError(f"{refused} a URL with user info in it: not followed")
@@ -546,7 +627,9 @@ def _next_page(url: str, first: str, repository: str) -> str:
             f"{refused} another server: expected {origin(first)}, got {origin(url)}; not followed"
         )
     if parts.path != urlsplit(first).path:
-        raise RegistryError(f"{refused} {parts.path}, which leaves the repository: not followed")
+        raise RegistryError(
+            f"{refused} {parts.path}, which leaves the {listing.unit}: not followed"
+        )
     return url
 
 
@@ -573,6 +656,7 @@ def connect_registry(
     clock: Callable[[], float] = time.monotonic,
     page_size: int = DEFAULT_PAGE_SIZE,
     max_pages: int = MAX_TAG_PAGES,
+    catalog_page_size: int = CATALOG_PAGE_SIZE,
 ) -> RegistryClient:
     """A client for the registry at ``url``; no request is sent until first use. The
     credentials are one of: ``username`` and ``password``, ``token``, or user info in
@@ -595,4 +679,5 @@ def connect_registry(
         page_size=page_size,
         max_pages=max_pages,
         max_in_flight=options.pool_size,
+        catalog_page_size=catalog_page_size,
     )

@@ -15,8 +15,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -41,6 +41,9 @@ from janitor.plan import (
     skipped,
 )
 from janitor.postgres import DEFAULT_TIMEOUTS, Timeouts, describe
+
+if TYPE_CHECKING:
+    from janitor.backup import Backups, Prepared
 
 ALWAYS_PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
 ALWAYS_PROTECTED_ROLES = frozenset({"postgres"})
@@ -125,9 +128,12 @@ def sweeper(
     concurrency: int,
     stack: ExitStack,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    backups: Backups | None = None,
 ) -> DeploymentSweeper:
     """The databases sweeper for the Airflow database server at ``conninfo``; its
-    connection pool, opened by the first plan, is closed with ``stack``."""
+    connection pool, opened by the first plan, is closed with ``stack``. With ``backups``,
+    every database is backed up and verified before it is dropped (README "Final backups
+    and restore")."""
 
     def read(deployments: Sequence[Deployment], connect: Connect) -> Server:
         return inspect_server(
@@ -154,8 +160,15 @@ def sweeper(
         except psycopg.Error as exc:
             failure = Action("database.drop", postgres.server_name(conninfo), failed(describe(exc)))
             return DeploymentPlan({}, (final(failure),), "databases could not be swept")
-        steps = plan_databases(server, templates, deployments)
+        steps = plan_databases(server, templates, deployments, _prepared(server))
         return DeploymentPlan({key: Share(value) for key, value in steps.items()})
+
+    def _prepared(server: Server) -> Prepared | None:
+        if backups is None:
+            return None
+        from janitor.backup import prepare  # noqa: PLC0415 - only with JANITOR_BACKUP_URL
+
+        return prepare(backups, conninfo, timeouts, server.version)
 
     def problems(deployments: Sequence[Deployment]) -> list[str]:
         """The account's missing role attributes, then what the plan of ``deployments``
@@ -165,6 +178,11 @@ def sweeper(
         except psycopg.Error as exc:
             return [f"cannot use {postgres.server_name(conninfo)}: {describe(exc)}"]
         found = list(account_problems(server.account))
+        if backups is not None:
+            from janitor.backup import find_tools  # noqa: PLC0415 - only with JANITOR_BACKUP_URL
+
+            tools = find_tools(server.version)
+            found += [f"final backups: {tools}"] if isinstance(tools, str) else []
         for steps in plan_databases(server, templates, deployments).values():
             found += [
                 str(a.planned.error)
@@ -322,23 +340,70 @@ def _may_drop_role(account: Account, version: int, admin_option: bool) -> bool:
 
 
 def plan_databases(
-    server: Server, naming: Templates, deployments: Sequence[Deployment]
+    server: Server,
+    naming: Templates,
+    deployments: Sequence[Deployment],
+    backup: Prepared | None = None,
 ) -> dict[str, tuple[Step, ...]]:
-    """Per deployment id: drop the database first, then the roles (they own it)."""
+    """Per deployment id: drop the database first, then the roles (they own it); with
+    ``backup``, a verified backup of the database before its drop."""
     plans: dict[str, tuple[Step, ...]] = {}
     for d in deployments:
         database = naming.database_name(d.release_name)
         database_step = _database_step(server, database, d.release_name)
         (database_action,) = database_step.actions
         dropped = {database} if database_action.planned.outcome in ("planned", "absent") else set()
-        plans[d.id] = (
-            database_step,
-            *(
-                _role_step(server, role, d.release_name, dropped)
-                for role in naming.role_names(d.release_name)
-            ),
+        role_steps = tuple(
+            _role_step(server, role, d.release_name, dropped)
+            for role in naming.role_names(d.release_name)
         )
+        if database_action.planned.outcome != "planned":
+            plans[d.id] = (database_step, *role_steps)
+            continue
+        # A role drop revokes its grants with DROP OWNED in each database holding them,
+        # which would destroy the data of a database that stays: roles go only once their
+        # database is gone.
+        drop = _in_order(database_step, role_steps, f"database {database} was not dropped")
+        if backup is not None:
+            drop = _backed_up(server, backup, naming.role_names(d.release_name), drop)
+        plans[d.id] = (drop,)
     return plans
+
+
+def _in_order(head: Step, tail: Sequence[Step], reason: str) -> Step:
+    """One step: ``head`` (one action), then ``tail`` only when ``head`` ended done or
+    absent; otherwise what ``tail`` would have changed is skipped with ``reason`` and
+    ``head``'s own words."""
+    actions = head.actions + tuple(a for step in tail for a in step.actions)
+
+    def run() -> list[Result]:
+        (result,) = _results(head)
+        if result.outcome not in ("done", "absent"):
+            why = f"{reason}: {result.error or result.reason or result.outcome}"
+            return [result] + [skipped(why) if a.deletes else a.planned for a in actions[1:]]
+        return [result] + [r for step in tail for r in _results(step)]
+
+    return Step(actions, run)
+
+
+def _results(step: Step) -> list[Result]:
+    return list(step.run()) if step.run is not None else [a.planned for a in step.actions]
+
+
+def _backed_up(server: Server, backup: Prepared, roles: Sequence[str], drop: Step) -> Step:
+    """README "Final backups and restore": no DROP DATABASE without a verified backup of
+    the database ``drop`` starts with; a backup that cannot be taken skips the drop and the
+    roles (the row stays)."""
+    from janitor.backup import take  # noqa: PLC0415 - only with JANITOR_BACKUP_URL
+
+    database, release = drop.actions[0].target, drop.actions[0].deployment or ""
+    action = backup.action(release, database)
+    if action.planned.outcome == "failed":
+        why = skipped(f"backup failed: {action.planned.error}")
+        kept = [replace(a, planned=why) if a.deletes else a for a in drop.actions]
+        return Step((action, *kept))
+    head = single(action, lambda: take(backup, server.connect, release, database, roles))
+    return _in_order(head, (drop,), "backup failed")
 
 
 def _database_step(server: Server, name: str, release: str) -> Step:

@@ -13,17 +13,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import requests
-import urllib3
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from janitor.clients.prometheus import EndpointMissing, PrometheusError, api_data
 from janitor.durations import format_bytes, format_duration, parse_bytes, parse_duration
 from janitor.plan import Action, Result, Step, Sweeper, final
 from janitor.redact import without_credentials
+
+if TYPE_CHECKING:
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
 
 EVENT = "metrics.retention.check"
 
@@ -139,6 +140,11 @@ def kubernetes_retention(
     api_client: k8s.ApiClient, *, namespace: str, name: str, kind: Kind
 ) -> Retention:
     """The retention the named resource gives Prometheus, read through the Kubernetes API."""
+    # The Kubernetes client is heavy: loaded only for this source.
+    import urllib3  # noqa: PLC0415
+    from kubernetes import client as k8s  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
     where = f"{kind} {namespace}/{name}"
     try:
         if kind == "prometheus":
@@ -151,7 +157,8 @@ def kubernetes_retention(
     except ApiException as exc:
         raise RetentionUnreadable(_api_exception_text(exc, kind, where)) from exc
     except urllib3.exceptions.HTTPError as exc:
-        host = api_client.configuration.host
+        # The kubernetes stubs (for kubernetes < 37, which has no py.typed) omit it.
+        host = api_client.configuration.host  # type: ignore[attr-defined, unused-ignore]
         raise RetentionUnreadable(f"cannot reach the Kubernetes API at {host}: {exc}") from exc
 
 
