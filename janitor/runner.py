@@ -582,9 +582,7 @@ def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> No
                             r for step in work.steps for r in _settle(step, context, alone=False)
                         ]
                         reason = keep_reason(results, plan.purge_blocked)
-                        result = (
-                            skipped(reason) if reason else _remaining(work) or row.purge(conn)
-                        )
+                        result = skipped(reason) if reason else _remaining(work) or row.purge(conn)
             except psycopg.errors.LockNotAvailable:
                 holders = postgres.table_holders(conn, row.table.as_string(conn))
                 timeouts = assemble.pg_timeouts(context.settings)
