@@ -39,6 +39,10 @@ from tests.world import (
     servers,  # noqa: F401 - pytest fixture
 )
 
+# Behind `make soak` until SAFETY.md lands (issue 11): these stories kill and terminate janitor
+# processes and sessions, and were seen to flake while another suite shared the PostgreSQL.
+pytestmark = pytest.mark.soak
+
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds every wait of these stories; none comes near it.
 WAIT_S = 60.0

@@ -41,6 +41,10 @@ from tests.world import (
     servers,  # noqa: F401 - pytest fixture
 )
 
+# Behind `make soak` until SAFETY.md lands (issue 11): these stories kill and terminate janitor
+# processes and sessions, and were seen to flake while another suite shared the PostgreSQL.
+pytestmark = pytest.mark.soak
+
 THROTTLED = b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}'
 # The shared retries (janitor.clients.http) absorb these when they pass.
 ABSORBED: dict[str, Fault] = {
