@@ -1,8 +1,5 @@
 """astro-janitor: retention janitor for an Astronomer-style Airflow platform."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("astro-janitor")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# Also the package's version (pyproject.toml reads it): importlib.metadata would cost more
+# at start-up than `janitor --version` itself (README "Benchmarks").
+__version__ = "0.1.0"

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from janitor.config import Settings, load_settings, unknown_variables
 from janitor.errors import ConfigurationError, ExitCode
 from janitor.events import Log, default_format, make_logger, new_run_id
-from janitor.preflight import check
 from janitor.runner import run
 from janitor.stopping import Stop
 
@@ -67,6 +66,8 @@ def execute(
         view = console_view(stdout, sys.stderr)
     log = _logger(settings, stdout, view)
     if command == "check":
+        from janitor.preflight import check  # noqa: PLC0415 - only `janitor check` uses it
+
         return check(settings, log, kube=kube)
     stop = Stop()
     # SIGINT too: an operator's Ctrl-C in a one-off run deserves the same summary.

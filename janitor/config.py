@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
-import psycopg.conninfo
 import yaml
 from pydantic import (
     BaseModel,
@@ -166,6 +165,8 @@ def _template_giving(template: str, refusal: Callable[[str], str | None]) -> str
 def _check_dsn(value: SecretStr | None) -> SecretStr | None:
     if value is None:
         return None
+    import psycopg.conninfo  # noqa: PLC0415 - a logs- or metrics-only run never loads libpq
+
     conninfo = value.get_secret_value()
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
@@ -458,7 +459,11 @@ class Settings(BaseModel):
         if self.airflow_dsn is not None:
             return self.airflow_dsn.get_secret_value()
         houston = self.houston_conninfo()
-        return psycopg.conninfo.make_conninfo(houston, dbname="postgres") if houston else None
+        if houston is None:
+            return None
+        import psycopg.conninfo  # noqa: PLC0415 - as in _check_dsn
+
+        return psycopg.conninfo.make_conninfo(houston, dbname="postgres")
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so the event pipeline can mask it wherever it shows up."""

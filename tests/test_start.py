@@ -55,6 +55,24 @@ def test_a_logs_only_run_does_not_load_the_kubernetes_client() -> None:
     assert "kubernetes" not in _imported("plan", "--log-format", "json", env=env)
 
 
+def test_a_logs_only_run_does_not_load_aiohttp_for_the_elasticsearch_client() -> None:
+    """The Elasticsearch client's asynchronous node (aiohttp, installed for the Kubernetes
+    client) is never loaded: the janitor speaks to Elasticsearch synchronously."""
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}
+    loaded = _imported("plan", "--log-format", "json", env=env)
+    assert "elasticsearch" in loaded
+    assert "aiohttp" not in loaded
+
+
+def test_aiohttp_stays_importable_after_the_elasticsearch_client_loaded() -> None:
+    """Hiding aiohttp from elastic-transport is undone once the client is loaded."""
+    probe = "import janitor.clients.elasticsearch, aiohttp; print(aiohttp.__name__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "aiohttp", done.stderr
+
+
 def test_a_run_without_a_pushgateway_does_not_load_the_metrics_client() -> None:
     """Without JANITOR_PUSHGATEWAY_URL, prometheus_client (the run metrics) is not loaded."""
     env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}

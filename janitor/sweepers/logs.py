@@ -27,10 +27,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-from elastic_transport import TransportError
-from elasticsearch import ApiError, BadRequestError, Elasticsearch, NotFoundError
-
-from janitor.clients.elasticsearch import check_elasticsearch, describe, verify_elasticsearch
+from janitor.clients.elasticsearch import (
+    ApiError,
+    BadRequestError,
+    Elasticsearch,
+    NotFoundError,
+    TransportError,
+    check_elasticsearch,
+    describe,
+    verify_elasticsearch,
+)
 from janitor.errors import ConfigurationError
 from janitor.naming import index_name_refusal, matches, name_date_pattern
 from janitor.plan import (
