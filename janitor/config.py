@@ -182,7 +182,53 @@ def _check_dsn(value: SecretStr | None) -> SecretStr | None:
         raise ValueError(
             "has an '@' in its host: percent-encode '@' in the password as %40"
         ) from None
+    refused = _dsn_option_problem(params)
+    if refused is not None:
+        raise ValueError(f"is not a valid PostgreSQL DSN ({refused})")
     return value
+
+
+# libpq parses these only when it connects, so a bad value would fail the run mid-way
+# (exit 1) instead of at load (README "Configuration": a malformed DSN is exit 2).
+# Values from the libpq docs, "Parameter Key Words".
+_DSN_INTEGERS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_DSN_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+}
+
+
+def _dsn_option_problem(params: Mapping[str, Any]) -> str | None:
+    """What libpq would refuse on connecting, named without the value of any other option."""
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return f"port {port[:20]!r} is not a port number (1-65535)"
+    for name in _DSN_INTEGERS:
+        value = str(params.get(name) or "")
+        if value and re.fullmatch(r"-?[0-9]{1,9}", value.strip()) is None:
+            return f"{name} {value[:20]!r} is not a whole number"
+    for name, choices in _DSN_CHOICES.items():
+        value = str(params.get(name) or "")
+        if value and value not in choices:
+            return f"{name} {value[:20]!r} is not one of {', '.join(choices)}"
+    return None
 
 
 def _check_url(value: str | None, *, allow_none_word: bool = False) -> str | None:
@@ -198,6 +244,10 @@ def _check_url(value: str | None, *, allow_none_word: bool = False) -> str | Non
         _ = parts.port
     except ValueError:
         raise ValueError("has an invalid port") from None
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        # The janitor appends API paths (/v2/..., /api/v1/...): after a "?" or "#" they
+        # would become a query or a fragment and every request would go to the same URL.
+        raise ValueError("must not have a query or fragment ('?' or '#')")
     return value.rstrip("/")
 
 

@@ -250,7 +250,9 @@ def reaching_pattern(index: str, patterns: Iterable[str]) -> str | None:
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+    # DOTALL: Elasticsearch's "*" also spans a newline, so a name holding one is listed and
+    # must be seen here too, to be refused by name (index_name_refusal) and not passed over.
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 # strftime directives a name date may use, as the digits they stand for ([0-9], not \d,

@@ -457,13 +457,24 @@ def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
 def execute(plan: Plan, context: Context) -> None:
     pool, recorder = context.workers, context.recorder
     recorder.begin(deployments=len(plan.deployments), batches=len(plan.steps))
+    # Rows sharing a release name share its resources: settled one after the other, the
+    # second finds them absent (two sessions dropping one role at once fail with "tuple
+    # concurrently deleted"). Each name is one task; distinct names run in parallel.
+    by_release: dict[str, list[DeploymentWork]] = {}
+    for work in plan.deployments:
+        name = work.deployment.release_name or work.deployment.id
+        by_release.setdefault(name, []).append(work)
     pending: list[Future[Any]] = [
-        pool.submit(recorder.counted, "deployments", _settle_deployment, w, plan, context)
-        for w in plan.deployments
+        pool.submit(_settle_in_turn, works, plan, context) for works in by_release.values()
     ]
     pending += [pool.submit(recorder.counted, "batches", _settle, s, context) for s in plan.steps]
     for future in pending:
         future.result()
+
+
+def _settle_in_turn(works: Sequence[DeploymentWork], plan: Plan, context: Context) -> None:
+    for work in works:
+        context.recorder.counted("deployments", _settle_deployment, work, plan, context)
 
 
 def _settle(step: Step, context: Context, *, alone: bool = True) -> list[Result]:
