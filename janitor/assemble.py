@@ -85,7 +85,8 @@ def sweepers(
     chosen = settings.subsystems
     deployment = [_DEPLOYMENT[s](run) for s in chosen if s in _DEPLOYMENT]
     standalone = [_STANDALONE[s](run) for s in chosen if s in _STANDALONE]
-    if settings.backup_url is not None and "databases" in chosen:
+    # README "Sharding": backup retention is fleet-wide work, done by shard 0.
+    if settings.backup_url is not None and "databases" in chosen and settings.shard.first:
         standalone.append(_backup_retention(run))
     return Sweepers(tuple(deployment), tuple(standalone))
 
@@ -232,7 +233,8 @@ def orphan_records(settings: Settings) -> Records:
 
 def pushgateway_target(settings: Settings) -> pushgateway.Target | None:
     """Where a real run pushes its metrics (README "Run metrics"): grouped by the Houston
-    database's name; None for a dry run or without JANITOR_PUSHGATEWAY_URL."""
+    database's name, and by shard when sharded (README "Sharding"); None for a dry run or
+    without JANITOR_PUSHGATEWAY_URL."""
     if settings.pushgateway_url is None or settings.dry_run:
         return None
     from psycopg.conninfo import conninfo_to_dict
@@ -243,6 +245,7 @@ def pushgateway_target(settings: Settings) -> pushgateway.Target | None:
         settings.pushgateway_url,
         str(database or pushgateway.DEFAULT_INSTANCE),
         float(settings.pushgateway_timeout_seconds),
+        str(settings.shard) if settings.shard.sharded else None,
     )
 
 

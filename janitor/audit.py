@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from janitor.events import Log, Recorder
 from janitor.naming import Templates
 from janitor.orphan_records import FirstSeen
 from janitor.plan import Action, Deployment, Step, failed, final, unexpected
+from janitor.sharding import WHOLE_FLEET, Shard
 from janitor.sweepers.orphans import Audit, Kind, audit
 
 RECORD_EVENT = "orphan.record"
@@ -59,9 +60,10 @@ def command(settings: Settings, log: Log) -> int:
             found = survey(settings, conn)
             steps: Sequence[Step] = found.steps()
             if settings.adopt_orphans:
-                steps = _adoption(
-                    settings, conn, found, now=houston.server_now(conn), record=True
-                ).steps
+                # `janitor audit` sees the whole fleet, whatever shard the settings name.
+                now = houston.server_now(conn)
+                whole = _adoption(settings, conn, found, now=now, record=True, shard=WHOLE_FLEET)
+                steps = whole.steps
     except ConfigurationError as exc:
         # An endpoint that is not what the configuration says (README "Exit codes").
         code, error = ExitCode.INVALID_CONFIGURATION, str(exc)
@@ -97,8 +99,18 @@ def adoption(settings: Settings, conn: psycopg.Connection[Any], *, now: datetime
     """For ``run --adopt-orphans``: the audit's events and the releases to sweep; a real
     run records the sightings first (a dry run only reads them, so it adopts what the real
     run would)."""
-    found = survey(settings, conn)
-    return _adoption(settings, conn, found, now=now, record=not settings.dry_run)
+    shard = settings.shard
+    found = _of_shard(survey(settings, conn), shard)
+    return _adoption(settings, conn, found, now=now, record=not settings.dry_run, shard=shard)
+
+
+def _of_shard(found: Audit, shard: Shard) -> Audit:
+    """README "Sharding": a shard reports, records and adopts the orphans of its own
+    releases. Every shard keeps the ambiguous names: they keep a release from adoption."""
+    if not shard.sharded:
+        return found
+    mine = tuple(f for f in found.findings if f.release is None or shard.owns(f.release))
+    return replace(found, findings=mine)
 
 
 def _adoption(
@@ -108,12 +120,15 @@ def _adoption(
     *,
     now: datetime,
     record: bool,
+    shard: Shard,
 ) -> Adoption:
     records = assemble.orphan_records(settings)
     sightings = [(f.kind, f.name, f.release or "") for f in found.orphans()]
     try:
         if record:
-            first_seen = orphan_records.record(conn, records, sightings, found.read, now=now)
+            first_seen = orphan_records.record(
+                conn, records, sightings, found.read, now=now, shard=shard
+            )
         else:
             first_seen = orphan_records.read(conn, records)
     except psycopg.Error as exc:

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="also sweep orphans found for JANITOR_ORPHAN_GRACE_DAYS (see README)",
     )
+    adopting.add_argument(
+        "--shard",
+        metavar="I/N",
+        help='sweep only shard I of N of the deployments (README "Sharding")',
+    )
     run_cmd = commands.add_parser("run", parents=[selectors, adopting], help="one janitor run")
     run_cmd.add_argument("--dry-run", action="store_true", default=None, help="read only")
     commands.add_parser(
@@ -80,7 +85,7 @@ def _backup_commands(commands: Any) -> None:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("only", "max_deletions", "concurrency", "log_format", "adopt_orphans")
+    names = ("only", "max_deletions", "concurrency", "log_format", "adopt_orphans", "shard")
     flags = {name: getattr(args, name, None) for name in names}
     if args.command == "plan" or getattr(args, "dry_run", None):
         flags["dry_run"] = True

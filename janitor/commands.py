@@ -50,7 +50,7 @@ def execute(
         return _backup_command(command, settings, operands or {}, _logger(settings, stdout))
     if command == "audit":
         return _audit_command(settings, stdout)
-    if not settings.subsystems:
+    if not settings.configured:
         print(
             "janitor: invalid configuration: nothing to do: configure at least one of "
             "JANITOR_HOUSTON_DSN, JANITOR_ELASTICSEARCH_URL, JANITOR_PROMETHEUS_URL",

@@ -42,10 +42,13 @@ from janitor.naming import (
     render,
     repository_refusal,
 )
+from janitor.sharding import JOB_COMPLETION_INDEX, MAX_SHARDS, WHOLE_FLEET, Shard, parse_shard
 
 T = TypeVar("T")
 Subsystem = Literal["databases", "registry", "logs", "metrics"]
 SUBSYSTEMS: tuple[Subsystem, ...] = ("databases", "registry", "logs", "metrics")
+# What is swept deployment by deployment, and so split between shards (README "Sharding").
+DEPLOYMENT_SUBSYSTEMS: tuple[Subsystem, ...] = ("databases", "registry")
 ENV_PREFIX = "JANITOR_"
 NO_REGISTRY = "none"
 
@@ -82,6 +85,12 @@ MAX_DELETIONS = 1_000_000_000
 # another table or column.
 PG_NAME_BYTES = 63
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def _shard(value: Any) -> Shard:
+    if isinstance(value, Shard):
+        return value
+    return parse_shard(value if isinstance(value, str) else "")
 
 
 def _postgres_name(value: str) -> str:
@@ -123,6 +132,7 @@ PushSeconds = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=60)]
 # A CA bundle must exist before anything connects, whichever remote it is for.
 CaBundle = FilePath | None
 Names = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+ShardCount = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MAX_SHARDS)]
 
 
 def _credential_problem(
@@ -314,6 +324,9 @@ class Settings(BaseModel):
     only: Annotated[tuple[Subsystem, ...] | None, BeforeValidator(_comma_list)] = None
     adopt_orphans: bool = False
     orphan_grace_days: Days = 7
+    # Before shard: a bad count is named as such, not as the shard made from it.
+    shards: ShardCount = 1
+    shard: Annotated[Shard, BeforeValidator(_shard)] = WHOLE_FLEET
 
     backup_url: str | None = None
     backup_retention_days: Days = 30
@@ -439,6 +452,16 @@ class Settings(BaseModel):
             raise ValueError("JANITOR_ADOPT_ORPHANS (--adopt-orphans) needs JANITOR_HOUSTON_DSN")
         return self
 
+    @model_validator(mode="after")
+    def _shards_have_an_index(self) -> Settings:
+        if self.shards > 1 and "shard" not in self.model_fields_set:
+            raise ValueError(
+                f"JANITOR_SHARDS={self.shards} needs the shard's index: run it in an Indexed "
+                f"Job (Kubernetes sets {JOB_COMPLETION_INDEX}) or pass --shard "
+                f"INDEX/{self.shards}"
+            )
+        return self
+
     @property
     def kubernetes_namespace(self) -> str | None:
         """Where the Prometheus resource lives: its own setting, else the pod's namespace."""
@@ -470,10 +493,16 @@ class Settings(BaseModel):
         return None if present else name
 
     @property
-    def subsystems(self) -> tuple[Subsystem, ...]:
-        """What this run sweeps: configured endpoints, narrowed by --only."""
+    def configured(self) -> tuple[Subsystem, ...]:
+        """What has its endpoint configured, narrowed by --only, on any shard."""
         chosen = self.only if self.only is not None else SUBSYSTEMS
         return tuple(s for s in SUBSYSTEMS if s in chosen and self.missing_endpoint(s) is None)
+
+    @property
+    def subsystems(self) -> tuple[Subsystem, ...]:
+        """What this run sweeps: the configured subsystems; on a shard other than 0 only
+        the deployments' (README "Sharding": logs and metrics are fleet-wide work)."""
+        return tuple(s for s in self.configured if self.shard.first or s in DEPLOYMENT_SUBSYSTEMS)
 
     def unswept_reasons(self) -> tuple[str, ...]:
         """Why no deployment row may be purged in this run: the row is the only record of
@@ -548,7 +577,7 @@ class Settings(BaseModel):
                     shown[name] = redact.display_dsn(value.get_secret_value())
                 else:
                     shown[name] = redact.MASK
-            elif isinstance(value, Path):
+            elif isinstance(value, Path | Shard):
                 shown[name] = str(value)
             elif isinstance(value, str) and name.endswith("_url"):
                 shown[name] = redact.display_url(value)
@@ -768,11 +797,24 @@ def load_settings(
     for values in sources:
         # An empty value is not set: the source below it, else the default, applies.
         merged.update({name: entry for name, entry in values.items() if _given(name, entry[0])})
+    _shard_from_job(merged, environ)
     _check_text(merged)
     try:
         return Settings.model_validate({name: value for name, (value, _) in merged.items()})
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc, merged)) from None
+
+
+def _shard_from_job(merged: Values, environ: Mapping[str, str]) -> None:
+    """README "Sharding": with a shard count and no shard given, the shard's index is the
+    pod's index in its Indexed Job, which Kubernetes sets in JOB_COMPLETION_INDEX."""
+    index = environ.get(JOB_COMPLETION_INDEX)
+    if index is None or "shard" in merged or "shards" not in merged:
+        return
+    count, source = merged["shards"]
+    origin = "environment" if source.origin == "environment" else f"environment, {source.origin}"
+    key = f"{JOB_COMPLETION_INDEX}/{source.key}"
+    merged["shard"] = (f"{index}/{count}", Source(key, origin))
 
 
 def _describe(exc: ValidationError, merged: Values) -> str:

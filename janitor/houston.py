@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
 from janitor import postgres
 from janitor.plan import ABSENT, DONE, Deployment, Result, failed
+from janitor.sharding import Shard
 
 # A fixed key for pg_try_advisory_lock: "astro-janitor run lock" (any constant will do, as
 # long as every janitor on the same Houston database agrees on it).
@@ -72,14 +73,41 @@ def server_now(conn: psycopg.Connection[Any]) -> datetime:
     return now  # type: ignore[no-any-return]
 
 
-def try_run_lock(conn: psycopg.Connection[Any]) -> bool:
-    """Session-level advisory lock: held until released or the connection closes (a crash)."""
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (RUN_LOCK_KEY,)).fetchone()
+def shard_lock_key(shard: Shard) -> int:
+    """The advisory lock key of one shard: next to RUN_LOCK_KEY, one per (index, count)."""
+    return RUN_LOCK_KEY + (shard.count << 8) + shard.index
+
+
+def try_run_lock(conn: psycopg.Connection[Any], shard: Shard) -> bool:
+    """Session-level advisory lock: held until released or the connection closes (a crash).
+
+    A shard's run takes its shard's lock and shares the fleet's lock with the other shards
+    (README "Sharding"): two runs of one shard exclude each other, runs of different shards
+    do not, and an unsharded run excludes them all.
+    """
+    if not shard.sharded:
+        return _taken(conn, "SELECT pg_try_advisory_lock(%s)", RUN_LOCK_KEY)
+    if not _taken(conn, "SELECT pg_try_advisory_lock_shared(%s)", RUN_LOCK_KEY):
+        return False
+    if _taken(conn, "SELECT pg_try_advisory_lock(%s)", shard_lock_key(shard)):
+        return True
+    conn.execute("SELECT pg_advisory_unlock_shared(%s)", (RUN_LOCK_KEY,))
+    return False
+
+
+def _taken(conn: psycopg.Connection[Any], query: LiteralString, key: int) -> bool:
+    row = conn.execute(query, (key,)).fetchone()
     return bool(row and row[0])
 
 
-def release_run_lock(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+def release_run_lock(conn: psycopg.Connection[Any], shard: Shard) -> None:
+    if not shard.sharded:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+        return
+    conn.execute(
+        "SELECT pg_advisory_unlock(%s), pg_advisory_unlock_shared(%s)",
+        (shard_lock_key(shard), RUN_LOCK_KEY),
+    )
 
 
 def read_fleet(
@@ -89,8 +117,10 @@ def read_fleet(
     now: datetime,
     retention_days: int,
     refusal: Callable[[str | None], str | None],
+    shard: Shard,
 ) -> Fleet:
-    """Expired deployments the janitor may act on; the others as rejected, with why.
+    """Expired deployments of ``shard`` the janitor may act on; the others of the shard
+    as rejected, with why.
 
     ``refusal`` names what is wrong with a release name (naming.Templates.refusal): an
     invalid name, or one from which a resource name cannot be built. A release name that
@@ -101,7 +131,7 @@ def read_fleet(
         " WHERE {expired} ORDER BY {deleted}, {id}"
     ).format(expired=table.expired_condition(), **table.columns())
     params = {"now": now, "days": retention_days}
-    rows = conn.execute(query, params).fetchall()
+    rows = [row for row in conn.execute(query, params) if shard.owns(row[1] or "")]
     candidates: list[Deployment] = []
     rejected: list[Rejected] = []
     for row_id, release, deleted_at in rows:
@@ -129,15 +159,20 @@ def read_fleet(
 
 
 def count_expired(
-    conn: psycopg.Connection[Any], table: Table, *, now: datetime, retention_days: int
+    conn: psycopg.Connection[Any],
+    table: Table,
+    *,
+    now: datetime,
+    retention_days: int,
+    shard: Shard,
 ) -> int:
-    """How many rows are past the window at ``now``, whatever their names (README "Run
-    metrics": janitor_expired_deployments_remaining)."""
-    query = sql.SQL("SELECT count(*) FROM {table} WHERE {expired}").format(
+    """How many rows of ``shard`` are past the window at ``now``, whatever their names
+    (README "Run metrics": janitor_expired_deployments_remaining)."""
+    query = sql.SQL("SELECT {release}::text FROM {table} WHERE {expired}").format(
         expired=table.expired_condition(), **table.columns()
     )
-    ((count,),) = conn.execute(query, {"now": now, "days": retention_days}).fetchall()
-    return int(count)
+    rows = conn.execute(query, {"now": now, "days": retention_days})
+    return sum(shard.owns(release or "") for (release,) in rows)
 
 
 def _names_in_use(

@@ -23,6 +23,7 @@ from psycopg import sql
 from janitor import postgres
 from janitor.houston import Table
 from janitor.plan import Result, failed
+from janitor.sharding import WHOLE_FLEET, Shard
 
 TABLE = "janitor_orphan"
 _CREATE = """
@@ -51,6 +52,7 @@ RETURNING kind, name, first_seen
 _FORGET_UNSEEN = """
 DELETE FROM {records} AS r
  WHERE r.kind = ANY(%(read)s)
+   AND (%(mine)s::text[] IS NULL OR r.release = ANY(%(mine)s))
    AND NOT EXISTS (SELECT 1 FROM unnest(%(kinds)s::text[], %(names)s::text[]) AS found (kind, name)
                     WHERE found.kind = r.kind AND found.name = r.name)
 """
@@ -88,9 +90,12 @@ def record(
     read: Collection[str],
     *,
     now: datetime,
+    shard: Shard = WHOLE_FLEET,
 ) -> FirstSeen:
     """Records the sightings of one audit at ``now`` and forgets the orphans of the kinds
-    it ``read`` in full that it no longer found; returns when each was first found.
+    it ``read`` in full that it no longer found; returns when each was first found. A
+    shard's audit saw only its own releases' orphans and forgets only theirs (README
+    "Sharding").
     Creates the table the first time (``CREATE`` on the schema is needed only then: a
     ``CREATE TABLE IF NOT EXISTS`` needs it even when the table exists)."""
     kinds, names, releases = (
@@ -99,9 +104,13 @@ def record(
     with conn.transaction():
         if not _exists(conn, records):
             conn.execute(sql.SQL(_CREATE).format(records=records.ident()))
+        mine: list[str] | None = None
+        if shard.sharded:
+            recorded = sql.SQL("SELECT DISTINCT release FROM {}").format(records.ident())
+            mine = [r for (r,) in conn.execute(recorded) if shard.owns(r)]
         conn.execute(
             sql.SQL(_FORGET_UNSEEN).format(records=records.ident()),
-            {"read": list(read), "kinds": kinds, "names": names},
+            {"read": list(read), "kinds": kinds, "names": names, "mine": mine},
         )
         rows = conn.execute(
             sql.SQL(_UPSERT).format(records=records.ident()),

@@ -83,6 +83,7 @@ def houston_problems(settings: Settings, conninfo: str, expired: list[Deployment
             now=houston.server_now(conn),
             retention_days=settings.retention_days,
             refusal=settings.templates().refusal,
+            shard=settings.shard,
         )
     expired.extend(fleet.expired)
     for rejected in fleet.rejected[:ROWS_SHOWN]:

@@ -1,7 +1,8 @@
 """Run metrics pushed to a Prometheus Pushgateway at the end of a real run (README "Run
 metrics").
 
-One group per Houston database: job ``astro-janitor``, grouping label ``instance``. The push
+One group per Houston database: job ``astro-janitor``, grouping label ``instance`` (and
+``shard``, ``1/3``, when sharded, so the shards' runs do not overwrite each other). The push
 is a POST, which replaces only the metric families it carries: so
 ``janitor_last_success_timestamp_seconds``, pushed only by a run that succeeded, outlives the
 failed runs after it, and the alert on it can tell how long ago the last success was.
@@ -43,12 +44,17 @@ REPORTED: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Target:
-    """Where a run's metrics go: the Pushgateway, the group's ``instance``, and how long
-    the whole push may take."""
+    """Where a run's metrics go: the Pushgateway, the group's ``instance`` (and ``shard``,
+    when sharded), and how long the whole push may take."""
 
     url: str
     instance: str
     timeout_s: float
+    shard: str | None = None
+
+    def grouping_key(self) -> dict[str, str]:
+        shard = {"shard": self.shard} if self.shard is not None else {}
+        return {"instance": self.instance, **shard}
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ def push(target: Target, metrics: RunMetrics) -> str | None:
             plain,
             job=JOB,
             registry=collect(metrics),
-            grouping_key={"instance": target.instance},
+            grouping_key=target.grouping_key(),
             timeout=target.timeout_s,
             handler=handler,
         )

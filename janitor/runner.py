@@ -117,6 +117,7 @@ def run(
         "run.started",
         version=__version__,
         subsystems=list(settings.subsystems),
+        shard=str(settings.shard),
         config=settings.summary(),
     )
     ending = _Ending()
@@ -223,7 +224,7 @@ def _count_expired(
         return
     try:
         ending.expired_remaining = houston.count_expired(
-            main, table, now=now, retention_days=settings.retention_days
+            main, table, now=now, retention_days=settings.retention_days, shard=settings.shard
         )
     except psycopg.Error as exc:
         # The run's work is done: a failed count costs only this metric.
@@ -298,28 +299,31 @@ def _take_locks(
 ) -> bool:
     """README step 1: the advisory run lock on Houston and, in a cluster, the Lease, held
     until ``stack`` closes. False (after ``run.skipped``) when another run holds one."""
+    shard = settings.shard
     if main is not None:
-        if not houston.try_run_lock(main):
-            recorder.log.info("run.skipped", reason="another run holds the run lock")
+        if not houston.try_run_lock(main, shard):
+            holder = f"another run of shard {shard} (or an unsharded run)" if shard.sharded else ""
+            recorder.log.info("run.skipped", reason=f"{holder or 'another run'} holds the run lock")
             return False
-        stack.callback(houston.release_run_lock, main)
+        stack.callback(houston.release_run_lock, main, shard)
     if kube is not None and settings.lease_namespace:
         # In a cluster, also a Lease, so a manual Job and the scheduled one never work at
-        # once (even against different Houston databases).
+        # once (even against different Houston databases); one Lease per shard.
         from janitor.lease import hold_lease  # noqa: PLC0415 - only in a cluster
 
+        lease = shard.name(settings.lease_name)
         held = stack.enter_context(
             hold_lease(
                 kube,
                 namespace=settings.lease_namespace,
-                name=settings.lease_name,
+                name=lease,
                 holder=settings.pod_name or socket.gethostname(),
                 duration_s=settings.lease_duration_seconds,
                 clock=clock,
             )
         )
         if not held:
-            reason = f"another run holds the lease {settings.lease_namespace}/{settings.lease_name}"
+            reason = f"another run holds the lease {settings.lease_namespace}/{lease}"
             recorder.log.info("run.skipped", reason=reason)
             return False
     return True
@@ -348,6 +352,7 @@ def build_plan(
             now=now,
             retention_days=settings.retention_days,
             refusal=settings.templates().refusal,
+            shard=settings.shard,
         )
         works = [DeploymentWork(d) for d in fleet.expired]
         works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]

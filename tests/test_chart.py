@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from janitor.config import Settings, load_settings
+from janitor.sharding import JOB_COMPLETION_INDEX
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "chart"
@@ -700,6 +701,10 @@ def test_bring_your_own_service_account_and_rbac(chart: helm.Chart) -> None:
             r"/backup/persistentVolumeClaim",
         ),
         ({"backup": {"s3Credentials": {"existingSecret": "Bad_Name"}}}, r"/backup/s3Credentials"),
+        ({"shards": 0}, r"/shards.*minimum"),
+        ({"shards": 65}, r"/shards.*maximum"),
+        ({"shards": 2.5}, r"/shards"),
+        ({"shards": "3"}, r"/shards.*want integer"),
     ],
 )
 def test_schema_rejects_bad_values(
@@ -1144,3 +1149,93 @@ def test_an_s3_backup_url_takes_its_credentials_from_an_existing_secret(chart: h
     assert [m for m in found if m["kind"] == "PersistentVolumeClaim"] == []
     for manifest in found:
         kubernetes_validate.validate(manifest, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_shards_make_an_indexed_job_with_one_pod_and_one_lease_per_shard(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    """shards: 3 turns the CronJob's Job into an Indexed Job of 3 pods running at once,
+    retried and failed per index (one shard's exit 3 or 4 leaves the others running); the
+    pod gets JANITOR_SHARDS, and with the JOB_COMPLETION_INDEX Kubernetes sets, each pod is
+    its own shard holding a Lease the Role lets it renew. It validates strictly; shards: 1
+    stays one plain Job."""
+    found = manifests(chart, {"shards": 3, "backoffLimit": 2})
+    job = one(found, "CronJob")["spec"]["jobTemplate"]["spec"]
+    assert {k: job.get(k) for k in ("completionMode", "completions", "parallelism")} == {
+        "completionMode": "Indexed",
+        "completions": 3,
+        "parallelism": 3,
+    }
+    assert (job["backoffLimitPerIndex"], "backoffLimit" in job) == (2, False)
+    assert [rule["action"] for rule in job["podFailurePolicy"]["rules"]] == ["FailIndex"]
+    env = container_env(found)
+    assert env["JANITOR_SHARDS"] == "3"
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    [renewable] = [r for r in one(found, "Role")["rules"] if r["resources"] == ["leases"]][1:]
+    for index in range(3):
+        settings = load_settings({}, plain | {JOB_COMPLETION_INDEX: str(index)})
+        assert str(settings.shard) == f"{index}/3"
+        assert renewable["resourceNames"][index] == settings.shard.name(settings.lease_name)
+    for manifest in found:
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
+    notes = render_templates(chart, {"shards": 3})[f"{RELEASE}/templates/NOTES.txt"]
+    assert f"get lease {RELEASE}-shard-0-of-3 {RELEASE}-shard-1-of-3 {RELEASE}-shard-2-of-3" in (
+        notes
+    )
+
+    single = one(manifests(chart, {"shards": 1}), "CronJob")["spec"]["jobTemplate"]["spec"]
+    assert not {"completionMode", "completions", "parallelism", "backoffLimitPerIndex"} & set(
+        single
+    )
+    assert "JANITOR_SHARDS" not in container_env(manifests(chart, {"shards": 1}))
+
+
+def test_run_metric_alerts_count_every_shard(chart: helm.Chart, tmp_path: Path) -> None:
+    """With shards, each shard pushes its own group (label shard): one shard that failed
+    alerts even while shard 0 reports a retention mismatch, the rows left by all shards add
+    up, and one shard without a success for two days alerts although the others succeed."""
+    values = {
+        "shards": 2,
+        "prometheusRule": {"enabled": True},
+        "pushgateway": {"url": "http://gw:9091"},
+    }
+    rule = one(manifests(chart, values), "PrometheusRule")
+
+    def series(name: str, shard: str, values: str) -> dict[str, str]:
+        labels = f'job="astro-janitor", instance="houston", shard="{shard}"'
+        return {"series": f"{name}{{{labels}}}", "values": values}
+
+    def alerting(alert: str, at: str, fires: bool, value: str = "") -> dict[str, Any]:
+        """``alert`` at ``at``; when it fires, its annotations with ``value`` filled in."""
+        [found] = [r for r in rule["spec"]["groups"][0]["rules"] if r.get("alert") == alert]
+        annotations = {
+            key: text.replace("{{ $value }}", value).replace("{{ $labels.instance }}", "houston")
+            for key, text in found["annotations"].items()
+        }
+        labels = {"severity": "warning", "instance": "houston"}
+        expected = [{"exp_labels": labels, "exp_annotations": annotations}] if fires else []
+        return {"eval_time": at, "alertname": alert, "exp_alerts": expected}
+
+    tests = [
+        {
+            "interval": "10m",
+            "input_series": [
+                series("janitor_last_run_exit_code", "0/2", "3x400"),
+                series("janitor_last_run_exit_code", "1/2", "0x2 1x400"),
+                series("janitor_expired_deployments_remaining", "0/2", "1x400"),
+                series("janitor_expired_deployments_remaining", "1/2", "2x400"),
+                series("janitor_last_success_timestamp_seconds", "0/2", "0+600x400"),
+                series("janitor_last_success_timestamp_seconds", "1/2", "0x400"),
+            ],
+            "alert_rule_test": [
+                alerting("AstroJanitorRunFailed", "10m", fires=False),
+                alerting("AstroJanitorRunFailed", "30m", fires=True, value="1"),
+                alerting("AstroJanitorRetentionMismatch", "30m", fires=True),
+                alerting("AstroJanitorExpiredDeploymentsRemaining", "30m", fires=True, value="3"),
+                alerting("AstroJanitorNoRecentSuccess", "47h50m", fires=False),
+                alerting("AstroJanitorNoRecentSuccess", "48h10m", fires=True),
+            ],
+        },
+    ]
+    promtool_test(rule, tests, tmp_path)

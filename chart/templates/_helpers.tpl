@@ -49,6 +49,19 @@ app.kubernetes.io/component: janitor
 {{- default (include "astro-janitor.fullname" .) .Values.lease.name }}
 {{- end }}
 
+{{/* The Leases a run takes: one per shard (README "Sharding"), as a YAML list. */}}
+{{- define "astro-janitor.leaseNames" -}}
+{{- $lease := include "astro-janitor.leaseName" . }}
+{{- $shards := int .Values.shards }}
+{{- if gt $shards 1 }}
+{{- range $index := until $shards }}
+- {{ printf "%s-shard-%d-of-%d" $lease $index $shards | quote }}
+{{- end }}
+{{- else }}
+- {{ $lease | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "astro-janitor.credentialsSecretName" -}}
 {{- printf "%s-credentials" (include "astro-janitor.fullname" .) }}
 {{- end }}
