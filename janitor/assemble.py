@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any
 from janitor import pushgateway
 from janitor.config import Settings, Subsystem
 from janitor.errors import ConfigurationError
-from janitor.houston import Table, release_names
 from janitor.plan import DeploymentSweeper, Sweeper
-from janitor.postgres import Timeouts
 
 if TYPE_CHECKING:
     import psycopg
@@ -31,7 +29,9 @@ if TYPE_CHECKING:
     from janitor.backup import Backups
     from janitor.clients.backupstore import BackupStore
     from janitor.clients.registry import RegistryClient
+    from janitor.houston import Table
     from janitor.orphan_records import Records
+    from janitor.postgres import Timeouts
     from janitor.sweepers.databases import Protected
     from janitor.sweepers.orphans import Stores
 
@@ -57,6 +57,8 @@ class _Run:
 
 
 def houston_table(settings: Settings) -> Table:
+    from janitor.houston import Table
+
     columns = (settings.houston_id_column, settings.houston_release_column)
     return Table(
         settings.houston_schema, settings.houston_table, *columns, settings.houston_deleted_column
@@ -65,6 +67,8 @@ def houston_table(settings: Settings) -> Table:
 
 def pg_timeouts(settings: Settings) -> Timeouts:
     """How long any PostgreSQL statement waits for a lock (README "Time limits")."""
+    from janitor.postgres import Timeouts
+
     return Timeouts(lock_s=settings.lock_timeout_seconds)
 
 
@@ -128,6 +132,7 @@ def _backups(run: _Run) -> Backups | None:
 
 
 def _backup_retention(run: _Run) -> Sweeper:
+    from janitor.houston import release_names
     from janitor.sweepers import backups
 
     settings, houston_conn = run.settings, run.houston

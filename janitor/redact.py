@@ -13,8 +13,6 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg.conninfo
-
 MASK = "***"
 # Shorter known secrets are masked only where their structure shows them (see above).
 MIN_SCRUBBED_SECRET = 8
@@ -72,6 +70,9 @@ def display_dsn(conninfo: str) -> str:
 
 def dsn_password(conninfo: str) -> str | None:
     """The password libpq reads from ``conninfo`` (None for none or an unparsable DSN)."""
+    # Only a DSN's owner pays for libpq: a logs- or metrics-only run never loads it.
+    import psycopg.conninfo  # noqa: PLC0415
+
     try:
         password = psycopg.conninfo.conninfo_to_dict(conninfo).get("password")
     except psycopg.Error:

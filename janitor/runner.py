@@ -1,43 +1,37 @@
 """One run: lock, plan, guard, execute, summarise (README "What one run does").
 
 Data flows one way: settings → sources → plan → executor → events. Dry run is the same
-path with execution skipped. The runner knows the Houston table, the run lock, the plan
-and the recorder; every sweeper reaches it through one contract (janitor.plan.Sweeper and
-DeploymentSweeper), built from the settings by janitor.assemble.
+path with execution skipped. The runner knows the run lock, the plan and the recorder; the
+Houston side (the fleet, row locks, purges) is janitor.deployments, loaded only with a
+Houston DSN; steps are executed by janitor.executor; every sweeper reaches it through one
+contract (janitor.plan.Sweeper and DeploymentSweeper), built from settings by janitor.assemble.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import structlog
-from psycopg import sql
-from psycopg_pool import ConnectionPool
 
-from janitor import __version__, assemble, houston, orphan_records, postgres, pushgateway
+from janitor import __version__, assemble, pushgateway
 from janitor.config import Settings
 from janitor.errors import ConfigurationError, ExitCode
 from janitor.events import Log, Progress, Recorder
+from janitor.executor import Context, contained, purge_action, settle
 from janitor.plan import (
-    PLANNED,
     Action,
-    Deployment,
-    DeploymentPlan,
-    DeploymentSweeper,
     DeploymentWork,
     Plan,
-    Result,
     Step,
     Sweeper,
-    failed,
     final,
     guard_refusal,
     skipped,
@@ -46,37 +40,15 @@ from janitor.plan import (
 from janitor.stopping import DEADLINE_REACHED, TERMINATED, Stop
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from kubernetes.client import ApiClient
 
-    from janitor.audit import Adoption
+    from janitor.deployments import Session
 
     Clock = Callable[[], datetime]
-
-GONE = frozenset({"done", "absent"})
-NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"
-NO_LONGER_ORPHAN = (
-    "a deployment row now holds this release, or its orphan records changed since the plan"
-)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the executor needs beyond the plan."""
-
-    settings: Settings
-    table: houston.Table
-    now: datetime
-    dry_run: bool
-    recorder: Recorder
-    houston_pool: ConnectionPool[psycopg.Connection[Any]] | None
-    workers: Executor
-    stop: Stop
 
 
 @dataclass
@@ -126,10 +98,7 @@ def run(
         _run(settings, recorder, clock=clock, kube=kube, stop=stop, ending=ending)
     except ConfigurationError as exc:
         ending.code, error = ExitCode.INVALID_CONFIGURATION, str(exc)
-    except psycopg.Error as exc:
-        ending.code, error = ExitCode.FAILED, f"Houston database: {postgres.describe(exc)}"
     except Exception as exc:  # noqa: BLE001 - README: run.finished is always the last line
-        # KubernetesError (the Lease) included: its message names the API and the status.
         ending.code, error = ExitCode.FAILED, _run_error(exc)
     stopped = stop.reason()
     if stopped == TERMINATED and ending.code in (ExitCode.OK, ExitCode.RETENTION_MISMATCH):
@@ -160,9 +129,22 @@ def run(
 
 
 def _run_error(exc: Exception) -> str:
-    from janitor.lease import KubernetesError  # noqa: PLC0415 - only in a cluster
+    """What ``run.finished`` says of what ended the run: a Houston failure worded as such,
+    a KubernetesError's message (it names the API and the status), else the exception."""
+    # Only a run that loaded these modules can have raised their errors; a run that never
+    # needed them does not load them for its last line.
+    if "janitor.deployments" in sys.modules:
+        from janitor.deployments import describe  # noqa: PLC0415 - loaded already
 
-    return str(exc) if isinstance(exc, KubernetesError) else unexpected(exc)
+        houston_error = describe(exc)
+        if houston_error is not None:
+            return houston_error
+    if "janitor.lease" in sys.modules:
+        from janitor.lease import KubernetesError  # noqa: PLC0415 - loaded already
+
+        if isinstance(exc, KubernetesError):
+            return str(exc)
+    return unexpected(exc)
 
 
 def _post_summary_event(
@@ -213,24 +195,17 @@ def _push_metrics(
 
 
 def _count_expired(
-    settings: Settings,
-    main: psycopg.Connection[Any] | None,
-    table: houston.Table,
-    now: datetime,
-    ending: _Ending,
+    settings: Settings, session: Session | None, now: datetime, ending: _Ending
 ) -> None:
     """Counts the rows still past the window once the run is done, when they are pushed."""
-    if main is None or assemble.pushgateway_target(settings) is None:
+    if session is None or assemble.pushgateway_target(settings) is None:
         return
     try:
-        ending.expired_remaining = houston.count_expired(
-            main, table, now=now, retention_days=settings.retention_days, shard=settings.shard
-        )
-    except psycopg.Error as exc:
-        # The run's work is done: a failed count costs only this metric.
+        ending.expired_remaining = session.count_expired(now)
+    except Exception as exc:  # noqa: BLE001 - the run's work is done: this costs only the metric
         ending.count_error = (
             "janitor_expired_deployments_remaining not pushed: could not count the expired "
-            f"rows ({postgres.describe(exc)})"
+            f"rows ({_run_error(exc)})"
         )
 
 
@@ -245,39 +220,34 @@ def _run(
 ) -> None:
     dry_run = settings.dry_run
     with ExitStack() as stack:
-        conninfo = settings.houston_conninfo()
-        timeouts = assemble.pg_timeouts(settings)
-        if conninfo is not None and postgres.pools_transactions(conninfo, timeouts):
-            # Ages would be read in whatever time zone the next pooled session has.
-            raise ConfigurationError(postgres.POOLED)
-        main = stack.enter_context(postgres.connect(conninfo, timeouts)) if conninfo else None
+        session = _houston_session(settings, stack)
         # README "Time": one now per run, from the database server when there is one.
-        now = houston.server_now(main) if main is not None else clock()
+        now = session.now() if session is not None else clock()
         if not dry_run and not _take_locks(
-            settings, stack, main, kube=kube, clock=clock, recorder=recorder
+            settings, stack, session, kube=kube, clock=clock, recorder=recorder
         ):
             ending.locked_out = True
             return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
-        table = assemble.houston_table(settings)
         run_id = str(structlog.get_context(recorder.log).get("run_id", ""))
         sweepers = assemble.sweepers(
-            settings, stack, now=now, houston=main, kube=kube, run_id=run_id
+            settings,
+            stack,
+            now=now,
+            houston=session.conn if session is not None else None,
+            kube=kube,
+            run_id=run_id,
         )
-        plan = build_plan(settings, sweepers, main, table=table, now=now, stop=stop)
+        plan = build_plan(settings, sweepers, session, now=now, stop=stop)
         refusal = guard_refusal(plan, settings.max_deletions)
         if refusal is not None:
             _refuse(plan, recorder, refusal)
             ending.code = ExitCode.GUARD_REFUSED
-            _count_expired(settings, main, table, now, ending)
+            _count_expired(settings, session, now, ending)
             return
-        pool = None
-        if plan.deployments and not dry_run and conninfo is not None:
-            houston_pool = postgres.open_pool(conninfo, settings.concurrency, "houston", timeouts)
-            pool = stack.enter_context(houston_pool)
-        context = Context(settings, table, now, dry_run, recorder, pool, workers, stop)
-        execute(plan, context)
-        _count_expired(settings, main, table, now, ending)
+        context = Context(settings, now, dry_run, recorder, workers, stop)
+        execute(plan, context, _deployment_settler(plan, context, session, stack))
+        _count_expired(settings, session, now, ending)
         counts = recorder.counts()
         for sweeper in sweepers.deployment:
             ending.notes |= sweeper.notes(counts)
@@ -288,10 +258,38 @@ def _run(
         ending.code = ExitCode.RETENTION_MISMATCH
 
 
+def _houston_session(settings: Settings, stack: ExitStack) -> Session | None:
+    conninfo = settings.houston_conninfo()
+    if conninfo is None:
+        return None
+    # Here, not at the top: a logs- or metrics-only run never loads libpq (README
+    # "Benchmarks": start-up).
+    from janitor.deployments import open_session  # noqa: PLC0415
+
+    return open_session(settings, stack, conninfo)
+
+
+def _deployment_settler(
+    plan: Plan, context: Context, session: Session | None, stack: ExitStack
+) -> Callable[[DeploymentWork], None]:
+    """How one deployment of ``plan`` is settled; a real run opens the Houston pool whose
+    sessions hold the row locks."""
+    if session is None or not plan.deployments:
+        return _no_deployments
+    from janitor.deployments import settle as settle_deployment  # noqa: PLC0415 - as above
+
+    pool = session.open_pool(stack) if not context.dry_run else None
+    return lambda work: settle_deployment(work, plan, context, session, pool)
+
+
+def _no_deployments(work: DeploymentWork) -> None:
+    raise RuntimeError(f"deployment {work.deployment.id} planned without a Houston database")
+
+
 def _take_locks(
     settings: Settings,
     stack: ExitStack,
-    main: psycopg.Connection[Any] | None,
+    session: Session | None,
     *,
     kube: ApiClient | None,
     clock: Clock,
@@ -300,12 +298,8 @@ def _take_locks(
     """README step 1: the advisory run lock on Houston and, in a cluster, the Lease, held
     until ``stack`` closes. False (after ``run.skipped``) when another run holds one."""
     shard = settings.shard
-    if main is not None:
-        if not houston.try_run_lock(main, shard):
-            holder = f"another run of shard {shard} (or an unsharded run)" if shard.sharded else ""
-            recorder.log.info("run.skipped", reason=f"{holder or 'another run'} holds the run lock")
-            return False
-        stack.callback(houston.release_run_lock, main, shard)
+    if session is not None and not session.take_run_lock(stack, recorder.log):
+        return False
     if kube is not None and settings.lease_namespace:
         # In a cluster, also a Lease, so a manual Job and the scheduled one never work at
         # once (even against different Houston databases); one Lease per shard.
@@ -332,9 +326,8 @@ def _take_locks(
 def build_plan(
     settings: Settings,
     sweepers: assemble.Sweepers,
-    main: psycopg.Connection[Any] | None,
+    session: Session | None,
     *,
-    table: houston.Table,
     now: datetime,
     stop: Stop,
 ) -> Plan:
@@ -342,41 +335,15 @@ def build_plan(
     one failed event and, for a deployment sweeper, blocks every purge; the others run.
     Once ``stop`` is requested, no further sweeper starts reading (one skipped event each;
     the deployments are skipped when executed)."""
-    works: list[DeploymentWork] = []
+    works: tuple[DeploymentWork, ...] = ()
     steps: list[Step] = []
     blocked = list(settings.unswept_reasons())
-    if main is not None and sweepers.deployment:
-        fleet = houston.read_fleet(
-            main,
-            table,
-            now=now,
-            retention_days=settings.retention_days,
-            refusal=settings.templates().refusal,
-            shard=settings.shard,
-        )
-        works = [DeploymentWork(d) for d in fleet.expired]
-        works += [DeploymentWork(r.deployment, blocked=r.reason) for r in fleet.rejected]
-        if settings.adopt_orphans and stop.reason() is None:
-            adoption = _adoption(settings, main, now)
-            steps += adoption.steps
-            works += [DeploymentWork(d, adopted=first) for d, first in adoption.adopted]
-        expired = [w.deployment for w in works if w.blocked is None]
-        missing = houston.missing_privileges(main, table)
-        denied = houston.privilege_fix(main, table, missing) if missing else None
-        for sweeper in sweepers.deployment:
-            stopped = stop.reason()
-            part = (
-                _deployment_plan(sweeper, expired)
-                if stopped is None
-                else DeploymentPlan({}, unswept=stopped)
-            )
-            works = _attach(works, part)
-            steps += part.failures
-            if part.unswept is not None:
-                blocked.append(part.unswept)
-        if denied is not None:
-            # An adopted orphan has no row: its records stand for it (janitor.orphan_records).
-            works = [w if w.adopted else _deny(w, denied) for w in works]
+    if session is not None and sweepers.deployment:
+        from janitor.deployments import plan_fleet  # noqa: PLC0415 - loaded with the session
+
+        fleet = plan_fleet(session, sweepers.deployment, now=now, stop=stop)
+        works, blocked = fleet.works, blocked + list(fleet.unswept)
+        steps += fleet.steps
     for standalone in sweepers.standalone:
         stopped = stop.reason()
         if stopped is None:
@@ -384,71 +351,13 @@ def build_plan(
         else:
             steps.append(final(Action(standalone.event, standalone.subsystem, skipped(stopped))))
     purge_blocked = ", ".join(blocked) if blocked else None
-    return Plan(deployments=tuple(works), steps=tuple(steps), purge_blocked=purge_blocked)
-
-
-def _adoption(settings: Settings, main: psycopg.Connection[Any], now: datetime) -> Adoption:
-    """``--adopt-orphans`` (README "Orphans: janitor audit"): the audit's events and the
-    orphan releases found for the grace period, to sweep like expired deployments."""
-    from janitor.audit import adoption  # noqa: PLC0415 - only runs that adopt orphans
-
-    return adoption(settings, main, now=now)
-
-
-def _deployment_plan(sweeper: DeploymentSweeper, expired: Sequence[Deployment]) -> DeploymentPlan:
-    """``sweeper``'s plan; whatever else it raises (a bug, an answer of a shape nobody
-    expected) fails the sweeper as a whole and keeps every row."""
-    with _contained(sweeper.event, sweeper.subsystem) as failure:
-        return sweeper.plan(expired)
-    return DeploymentPlan({}, failure, f"{sweeper.subsystem} could not be swept")
+    return Plan(deployments=works, steps=tuple(steps), purge_blocked=purge_blocked)
 
 
 def _standalone_plan(sweeper: Sweeper) -> list[Step]:
-    with _contained(sweeper.event, sweeper.subsystem) as failure:
+    with contained(sweeper.event, sweeper.subsystem) as failure:
         return sweeper.plan()
     return list(failure)
-
-
-@contextmanager
-def _contained(event: str, target: str) -> Iterator[list[Step]]:
-    """Turns an exception of the block, except ConfigurationError (exit 2, nothing
-    changed), into one failed step appended to the yielded list."""
-    failure: list[Step] = []
-    try:
-        yield failure
-    except ConfigurationError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one broken sweeper must not stop the others
-        failure.append(final(Action(event, target, failed(unexpected(exc)))))
-
-
-def _attach(works: list[DeploymentWork], part: DeploymentPlan) -> list[DeploymentWork]:
-    """Appends one sweeper's steps (and its post-checks) to each deployment's work."""
-    attached = []
-    for work in works:
-        share = part.shares.get(work.deployment.id)
-        attached.append(
-            work
-            if share is None
-            else replace(
-                work, steps=work.steps + share.steps, remaining=work.remaining + share.remaining
-            )
-        )
-    return attached
-
-
-def _deny(work: DeploymentWork, denied: str) -> DeploymentWork:
-    """Plan = execution: without the row lock nothing of a deployment may be destroyed,
-    so what would have been deleted is skipped in the plan and the purge fails."""
-    if work.blocked is not None:
-        return work
-    reason = "the deployment row may not be locked and purged (see deployment.purge)"
-    steps = tuple(
-        final(replace(a, planned=skipped(reason)) if a.deletes else a)
-        for step in work.steps
-        for a in step.actions
-    )
-    return replace(work, steps=steps, remaining=(), denied=denied)
 
 
 def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
@@ -456,10 +365,12 @@ def _refuse(plan: Plan, recorder: Recorder, refusal: str) -> None:
     for action in plan.actions():
         recorder.action(action, skipped(refusal) if action.deletes else action.planned)
     for work in plan.deployments:
-        recorder.action(_purge_action(work), skipped(refusal))
+        recorder.action(purge_action(work), skipped(refusal))
 
 
-def execute(plan: Plan, context: Context) -> None:
+def execute(
+    plan: Plan, context: Context, settle_deployment: Callable[[DeploymentWork], None]
+) -> None:
     pool, recorder = context.workers, context.recorder
     recorder.begin(deployments=len(plan.deployments), batches=len(plan.steps))
     # Rows sharing a release name share its resources: settled one after the other, the
@@ -470,196 +381,18 @@ def execute(plan: Plan, context: Context) -> None:
         name = work.deployment.release_name or work.deployment.id
         by_release.setdefault(name, []).append(work)
     pending: list[Future[Any]] = [
-        pool.submit(_settle_in_turn, works, plan, context) for works in by_release.values()
+        pool.submit(_settle_in_turn, works, recorder, settle_deployment)
+        for works in by_release.values()
     ]
-    pending += [pool.submit(recorder.counted, "batches", _settle, s, context) for s in plan.steps]
+    pending += [pool.submit(recorder.counted, "batches", settle, s, context) for s in plan.steps]
     for future in pending:
         future.result()
 
 
-def _settle_in_turn(works: Sequence[DeploymentWork], plan: Plan, context: Context) -> None:
+def _settle_in_turn(
+    works: Sequence[DeploymentWork],
+    recorder: Recorder,
+    settle_deployment: Callable[[DeploymentWork], None],
+) -> None:
     for work in works:
-        context.recorder.counted("deployments", _settle_deployment, work, plan, context)
-
-
-def _settle(step: Step, context: Context, *, alone: bool = True) -> list[Result]:
-    """Executes one step (unless dry run) and emits one event per action. A step that is a
-    unit of work of its own (``alone``: a batch, a check) not started before a stop was
-    requested is skipped with the stop's reason; a deployment's steps all run once the
-    deployment has started (README "Time limits": work in flight finishes)."""
-    stopped = context.stop.reason() if alone else None
-    if stopped is not None and step.run is not None:
-        results = [skipped(stopped) if a.deletes else a.planned for a in step.actions]
-    elif context.dry_run or step.run is None:
-        results = [a.planned for a in step.actions]
-    else:
-        try:
-            results = list(step.run())
-        except Exception as exc:  # noqa: BLE001 - one broken step must not stop the others
-            results = [failed(unexpected(exc))] * len(step.actions)
-    for action, result in zip(step.actions, results, strict=True):
-        context.recorder.action(action, result)
-    return results
-
-
-def _purge_action(work: DeploymentWork) -> Action:
-    deployment = work.deployment
-    fields: dict[str, Any] = {"id": deployment.id, "deleted_at": deployment.deleted_at}
-    if work.adopted is not None:
-        fields = {"adopted_orphan": True, "first_seen": work.adopted}
-    return Action(
-        "deployment.purge",
-        deployment.release_name or deployment.id,
-        PLANNED,
-        deployment.release_name or None,
-        fields,
-    )
-
-
-@dataclass(frozen=True)
-class _Row:
-    """What stands for a deployment in Houston: its row, or an adopted orphan's records."""
-
-    lock: Callable[[psycopg.Connection[Any]], AbstractContextManager[bool]]
-    purge: Callable[[psycopg.Connection[Any]], Result]
-    table: sql.Composed
-    waited: str
-    gone: str
-    """Why nothing is done when the lock finds it no longer to be swept."""
-
-
-def _row(work: DeploymentWork, context: Context) -> _Row:
-    deployment, settings = work.deployment, context.settings
-    if work.adopted is None:
-        return _Row(
-            lock=lambda conn: houston.locked_if_expired(
-                conn,
-                context.table,
-                deployment,
-                now=context.now,
-                retention_days=settings.retention_days,
-            ),
-            purge=lambda conn: houston.purge(conn, context.table, deployment),
-            table=context.table.ident(),
-            waited=f"the row of deployment {deployment.release_name or deployment.id} in "
-            f"{context.table.table}",
-            gone=NO_LONGER_EXPIRED,
-        )
-    records = assemble.orphan_records(settings)
-    release = deployment.release_name
-    return _Row(
-        lock=lambda conn: orphan_records.locked_if_adopted(
-            conn,
-            release,
-            records=records,
-            table=context.table,
-            cutoff=context.now - timedelta(days=settings.orphan_grace_days),
-        ),
-        purge=lambda conn: orphan_records.forget(conn, records, release),
-        table=records.ident(),
-        waited=f"the orphan records of release {release} in {records.table}",
-        gone=NO_LONGER_ORPHAN,
-    )
-
-
-def _settle_deployment(work: DeploymentWork, plan: Plan, context: Context) -> None:
-    purge = _purge_action(work)
-    if work.blocked is not None:
-        context.recorder.action(purge, skipped(work.blocked))
-        return
-    if work.denied is not None:
-        for step in work.steps:
-            _settle(step, context)
-        context.recorder.action(purge, failed(work.denied))
-        return
-    stopped = context.stop.reason()
-    if stopped is not None:
-        _skip_all(work, purge, stopped, context)
-        return
-    if context.dry_run:
-        results = [r for step in work.steps for r in _settle(step, context, alone=False)]
-        reason = keep_reason(results, plan.purge_blocked)
-        context.recorder.action(purge, skipped(reason) if reason else purge.planned)
-        return
-    if context.houston_pool is None:  # unreachable: real runs with deployments open it
-        raise RuntimeError("no Houston connection pool")
-    row = _row(work, context)
-    # The purge is reported once its transaction committed: a row reported gone is gone.
-    result: Result | None = None  # set once the row lock was taken and the steps settled
-    try:
-        with context.houston_pool.connection() as conn:
-            try:
-                with row.lock(conn) as still_expired:
-                    if not still_expired:
-                        _skip_steps(work, row.gone, context)
-                        result = skipped(row.gone)
-                    else:
-                        results = [
-                            r for step in work.steps for r in _settle(step, context, alone=False)
-                        ]
-                        reason = keep_reason(results, plan.purge_blocked)
-                        result = skipped(reason) if reason else _remaining(work) or row.purge(conn)
-            except psycopg.errors.LockNotAvailable:
-                holders = postgres.table_holders(conn, row.table.as_string(conn))
-                timeouts = assemble.pg_timeouts(context.settings)
-                error = postgres.lock_wait(row.waited, timeouts, holders)
-                _skip_steps(work, "the deployment row lock was not obtained", context)
-                result = failed(error)
-    except Exception as exc:  # noqa: BLE001 - one deployment's trouble must not end the run
-        result = _session_lost(exc, result, work, context)
-    context.recorder.action(purge, result)
-
-
-def _session_lost(
-    exc: Exception, result: Result | None, work: DeploymentWork, context: Context
-) -> Result:
-    """The purge's result when the Houston session broke under a deployment
-    (pg_terminate_backend, a reset) after its steps settled with ``result`` (None: before
-    the row lock was taken). The transaction, and with it any purge, rolled back, or its
-    COMMIT went unanswered; either way the deployment still ends with its purge event."""
-    error = (
-        f"Houston database: {postgres.describe(exc)}"
-        if isinstance(exc, psycopg.Error)
-        else unexpected(exc)
-    )
-    if result is None:
-        _skip_steps(work, "the deployment row lock was not obtained", context)
-        return failed(error)
-    if result.outcome == "done":
-        # The COMMIT may have reached the server before the session died.
-        return failed(f"{error}; the purge was not confirmed (the next run settles it)")
-    return failed(f"{error}; the row stays")
-
-
-def _skip_steps(work: DeploymentWork, reason: str, context: Context) -> None:
-    for step in work.steps:
-        for action in step.actions:
-            context.recorder.action(action, skipped(reason) if action.deletes else action.planned)
-
-
-def _skip_all(work: DeploymentWork, purge: Action, reason: str, context: Context) -> None:
-    _skip_steps(work, reason, context)
-    context.recorder.action(purge, skipped(reason))
-
-
-def keep_reason(results: Sequence[Result], purge_blocked: str | None) -> str | None:
-    """Why the row stays although this deployment was processed (README step 3): a
-    resource not confirmed gone, else why no row may go in this run; None to purge."""
-    left = [r.outcome for r in results if r.outcome not in GONE and r.outcome != "planned"]
-    if left:
-        counted = ", ".join(f"{left.count(o)} {o}" for o in sorted(set(left)))
-        return f"not all resources are gone ({counted})"
-    return purge_blocked
-
-
-def _remaining(work: DeploymentWork) -> Result | None:
-    """Why the row stays after all: something a probe still finds (skipped), or a probe
-    that broke on an answer nobody expected (failed: it proves nothing gone); None to purge."""
-    for probe in work.remaining:
-        try:
-            still_there = probe()
-        except Exception as exc:  # noqa: BLE001 - README: any exception ends as a failed action
-            return failed(f"what is left could not be confirmed: {unexpected(exc)}")
-        if still_there:
-            return skipped(still_there)
-    return None
+        recorder.counted("deployments", settle_deployment, work)

@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -402,9 +401,17 @@ def write_pip_secrets(directory: Path) -> None:
 
 
 def project_version() -> str:
-    with (ROOT / "pyproject.toml").open("rb") as handle:
-        version: str = tomllib.load(handle)["project"]["version"]
-    return version
+    """``janitor.__version__``, the one source pyproject.toml reads too, without importing
+    the package (the build may run before it is installed)."""
+    tree = ast.parse((ROOT / "janitor" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+            "__version__"
+        ]:
+            version = ast.literal_eval(node.value)
+            if isinstance(version, str):
+                return version
+    raise SystemExit("janitor/__init__.py sets no __version__ string")
 
 
 def revision() -> str:

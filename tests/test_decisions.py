@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from janitor.executor import keep_reason
 from janitor.naming import (
     Templates,
     check_template,
@@ -29,7 +30,6 @@ from janitor.plan import (
     guard_refusal,
     skipped,
 )
-from janitor.runner import keep_reason
 from janitor.sweepers.metrics import Retention, RetentionUnreadable, sweeper
 from janitor.sweepers.orphans import classify
 

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from elasticsearch import Elasticsearch
 
+from janitor import __version__
 from tests.conftest import (
     Houston,
     Run,
@@ -174,7 +175,7 @@ def test_the_image_runs_janitor_run_as_uid_10001_and_records_what_it_ships(
         for name, version in (line.split("==") for line in PIP_LIST.read_text().split())
     }
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert shipped["astro-janitor"] == project["version"]
+    assert shipped["astro-janitor"] == __version__
     for requirement in project["dependencies"]:
         name = re.match(r"[A-Za-z0-9._-]+", requirement)
         assert name is not None

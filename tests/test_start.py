@@ -51,17 +51,25 @@ def test_janitor_version_imports_no_client_library() -> None:
 def test_a_logs_only_run_does_not_load_the_kubernetes_client() -> None:
     """Outside a cluster and without the kubernetes metrics source, the Kubernetes client
     (the heaviest import) is never loaded."""
-    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9"}
     assert "kubernetes" not in _imported("plan", "--log-format", "json", env=env)
 
 
 def test_a_logs_only_run_does_not_load_aiohttp_for_the_elasticsearch_client() -> None:
     """The Elasticsearch client's asynchronous node (aiohttp, installed for the Kubernetes
     client) is never loaded: the janitor speaks to Elasticsearch synchronously."""
-    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9"}
     loaded = _imported("plan", "--log-format", "json", env=env)
     assert "elasticsearch" in loaded
     assert "aiohttp" not in loaded
+
+
+def test_a_run_without_a_houston_dsn_does_not_load_libpq() -> None:
+    """A logs-only run never loads psycopg (libpq): the deployment half of a run, and the
+    DSN rules, are loaded only with a Houston DSN."""
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9"}
+    loaded = _imported("run", "--log-format", "json", env=env)
+    assert {"psycopg", "psycopg_pool"} & loaded == set()
 
 
 def test_aiohttp_stays_importable_after_the_elasticsearch_client_loaded() -> None:
@@ -80,5 +88,5 @@ def test_aiohttp_stays_importable_after_the_elasticsearch_client_loaded() -> Non
 
 def test_a_run_without_a_pushgateway_does_not_load_the_metrics_client() -> None:
     """Without JANITOR_PUSHGATEWAY_URL, prometheus_client (the run metrics) is not loaded."""
-    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9", "JANITOR_TEST_NO_SERVER": "1"}
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9"}
     assert "prometheus_client" not in _imported("run", "--log-format", "json", env=env)
