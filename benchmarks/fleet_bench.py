@@ -691,7 +691,7 @@ def print_comparisons(
     if curator is not None:
         process = curator.janitor
         against = (
-            f"Curator 9 {curator.curator_s:.2f} s: {curator.curator_s / process.wall_s:.0f}x"
+            f"Curator 9 {curator.curator_s:.2f} s: {curator.curator_s / process.wall_s:.1f}x"
             if curator.curator_s is not None
             else "Curator could not be run"
         )
