@@ -1,16 +1,28 @@
-"""`make bench`: every benchmark in turn; exits non-zero when one misses its target."""
+"""`make bench`: every benchmark in turn, or the ones named (`python -m benchmarks
+fleet_bench`); exits non-zero when one misses its target."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-BENCHMARKS = ("deployments_bench", "registry_bench", "logs_bench", "backup_bench", "audit_bench")
+BENCHMARKS = (
+    "deployments_bench",
+    "registry_bench",
+    "logs_bench",
+    "backup_bench",
+    "audit_bench",
+    "fleet_bench",
+)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    unknown = [name for name in argv if name not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        return 2
     failed = []
-    for name in BENCHMARKS:
+    for name in argv or BENCHMARKS:
         print(f"\n=== benchmarks.{name} ===", flush=True)
         if subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=False).returncode:
             failed.append(name)
@@ -20,4 +32,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -21,30 +21,28 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
+from benchmarks._fleet import (
+    DATABASE,
+    EXPIRED,
+    LIVE,
+    RECENT,
+    REPOSITORY,
+    create_databases,
+    create_roles,
+    insert_rows,
+    scratch,
+)
 from janitor.cli import main
 from janitor.clients.registry import connect_registry
 from janitor.naming import render
 from janitor.sweepers.orphans import classify
 from tests.registry_server import Proxy, Pusher, Registry, run_registry
-
-ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-TABLE = """
-CREATE SCHEMA "houston$default";
-CREATE TABLE "houston$default"."Deployment" (
-    id text PRIMARY KEY, "releaseName" text, "deletedAt" timestamp(3) without time zone);
-"""
-DATABASE = "{release_snake}_airflow"
-ROLES = ("{release_snake}_airflow", "{release_snake}_celery")
 
 
 def _releases(prefix: str, count: int) -> list[str]:
@@ -54,74 +52,24 @@ def _releases(prefix: str, count: int) -> list[str]:
 def _seed_houston(houston: str, releases: list[str], orphan_every: int) -> None:
     """Rows for every release but each ``orphan_every``-th: live, recently deleted and
     expired in turn."""
-    ages = ("NULL", "(now() AT TIME ZONE 'UTC') - interval '3 days'", "now() - interval '40 days'")
-    with psycopg.connect(houston) as conn, conn.cursor() as cur:
-        for n, age in enumerate(ages):
-            cur.executemany(
-                'INSERT INTO "houston$default"."Deployment" VALUES (%s, %s, '  # noqa: S608 - fixed ages
-                + age
-                + ")",
-                [
-                    (str(uuid.uuid4()), release)
-                    for i, release in enumerate(releases)
-                    if i % orphan_every and i % len(ages) == n
-                ],
-            )
-
-
-# Roles are created and dropped this many to a transaction: each holds a lock until the
-# commit, and max_locks_per_transaction (64 per connection by default) bounds them.
-ROLES_PER_TRANSACTION = 500
-
-
-def _each_role(conn: psycopg.Connection[Any], statement: str, roles: list[str]) -> None:
-    for start in range(0, len(roles), ROLES_PER_TRANSACTION):
-        with conn.transaction():
-            for role in roles[start : start + ROLES_PER_TRANSACTION]:
-                conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
-
-
-def _seed_server(releases: list[str], databases: int) -> None:
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        roles = [render(template, release) for release in releases for template in ROLES]
-        _each_role(conn, "CREATE ROLE {}", roles)
-        for release in releases[:databases]:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {} STRATEGY FILE_COPY").format(
-                    sql.Identifier(render(DATABASE, release)),
-                    sql.Identifier(render(ROLES[0], release)),
-                )
-            )
+    ages = (LIVE, RECENT, EXPIRED)
+    insert_rows(
+        houston,
+        [(r, ages[i % len(ages)]) for i, r in enumerate(releases) if i % orphan_every],
+    )
 
 
 def _seed_registry(pusher: Pusher, releases: list[str], concurrency: int) -> None:
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda r: pusher.image(f"{r}/airflow", "1.0.0"), releases))
+        list(pool.map(lambda r: pusher.image(render(REPOSITORY, r), "1.0.0"), releases))
 
 
 @contextmanager
 def _platform(tmp: Path) -> Iterator[tuple[str, str, Registry]]:
-    token = uuid.uuid4().hex[:6]
-    houston_db, prefix = f"bench_houston_{token}", f"a{token}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(houston_db)))
-    houston = ADMIN.replace("dbname=postgres", f"dbname={houston_db}")
-    with psycopg.connect(houston) as conn:
-        conn.execute(TABLE)
-    try:
+    with scratch("a") as names:
+        houston = names.houston("audit")
         with run_registry(tmp / "registry") as registry:
-            yield houston, prefix, registry
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            for (name,) in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s OR datname = %s",
-                (f"{prefix}%", houston_db),
-            ).fetchall():
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-            roles = conn.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"{prefix}%",)
-            ).fetchall()
-            _each_role(conn, "DROP ROLE {}", [role for (role,) in roles])
+            yield houston, names.prefix, registry
 
 
 def _audit(env: dict[str, str]) -> tuple[int, float, dict[str, Any], list[dict[str, Any]]]:
@@ -154,7 +102,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         releases = _releases(prefix, args.releases)
         started = time.monotonic()
         _seed_houston(houston, releases, args.orphan_every)
-        _seed_server(releases, args.databases)
+        create_roles(releases)
+        create_databases(releases[: args.databases])
         seeded_db = time.monotonic() - started
         started = time.monotonic()
         _seed_registry(registry.pusher(), releases, args.concurrency)

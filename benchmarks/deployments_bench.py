@@ -1,5 +1,5 @@
 """Wall time of a real run over N expired deployments (default 1,000), each with its Airflow
-database (owned by its role, holding a table) and two roles, on the local PostgreSQL.
+database (owned by its role) and two roles, on the local PostgreSQL.
 
     .venv/bin/python -m benchmarks.deployments_bench [N] [--concurrency 1,8]
 
@@ -14,74 +14,35 @@ import io
 import json
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import psycopg
-from psycopg import sql
-
+from benchmarks._fleet import (
+    EXPIRED,
+    Scratch,
+    create_databases,
+    create_roles,
+    insert_rows,
+    scratch,
+)
 from janitor.cli import main
 
-ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-TABLE = """
-CREATE SCHEMA "houston$default";
-CREATE TABLE "houston$default"."Deployment" (
-    id text PRIMARY KEY, "releaseName" text, "deletedAt" timestamp(3) without time zone);
-"""
 
-
-def _seed(houston_db: str, prefix: str, count: int) -> None:
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        for i in range(count):
-            snake = f"{prefix}_{i}"
-            for role in (f"{snake}_airflow", f"{snake}_celery"):
-                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {} STRATEGY FILE_COPY").format(
-                    sql.Identifier(f"{snake}_airflow"), sql.Identifier(f"{snake}_airflow")
-                )
-            )
-    houston = ADMIN.replace("dbname=postgres", f"dbname={houston_db}")
-    with psycopg.connect(houston) as conn, conn.cursor() as cur:
-        cur.executemany(
-            'INSERT INTO "houston$default"."Deployment" VALUES (%s, %s,'
-            " (now() AT TIME ZONE 'UTC') - interval '20 days')",
-            [(str(uuid.uuid4()), f"{prefix}-{i}".replace("_", "-")) for i in range(count)],
-        )
-
-
-@contextmanager
-def _houston() -> Iterator[tuple[str, str]]:
-    token = uuid.uuid4().hex[:6]
-    houston_db, prefix = f"bench_houston_{token}", f"b{token}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(houston_db)))
-    with psycopg.connect(ADMIN.replace("dbname=postgres", f"dbname={houston_db}")) as conn:
-        conn.execute(TABLE)
-    try:
-        yield houston_db, prefix
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            leftovers = conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s OR datname = %s",
-                (f"{prefix}%", houston_db),
-            ).fetchall()
-            for (name,) in leftovers:
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-            for (role,) in conn.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"{prefix}%",)
-            ).fetchall():
-                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+def _seed(names: Scratch, count: int) -> str:
+    """``count`` expired deployments, each with its database and roles; the Houston DSN."""
+    houston = names.houston("deployments")
+    releases = names.releases("d", count)
+    create_roles(releases)
+    create_databases(releases)
+    insert_rows(houston, [(release, EXPIRED) for release in releases])
+    return houston
 
 
 def measure(count: int, concurrency: int) -> dict[str, object]:
-    with _houston() as (houston_db, prefix):
+    with scratch("b") as names:
         started = time.monotonic()
-        _seed(houston_db, prefix, count)
+        houston = _seed(names, count)
         seeded = time.monotonic() - started
         env = {
-            "JANITOR_HOUSTON_DSN": ADMIN.replace("dbname=postgres", f"dbname={houston_db}"),
+            "JANITOR_HOUSTON_DSN": houston,
             "JANITOR_REGISTRY_URL": "none",
             "JANITOR_CONCURRENCY": str(concurrency),
         }

@@ -22,9 +22,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks._fleet import seed_indices
 from janitor.clients.elasticsearch import connect_elasticsearch, verify_elasticsearch
 from janitor.sweepers.logs import plan_logs
 from tests.es_standin import ElasticsearchStandin, running_standin
@@ -68,22 +69,7 @@ class Measure:
 
 def seed(standin: ElasticsearchStandin, count: int) -> list[str]:
     """``count`` indices, one a day per release and shipper, newest first; the expired ones."""
-    expired: list[str] = []
-    made, day = 0, 0
-    while made < count:
-        # Half past the hour keeps every index clear of the cutoff, for both tools.
-        created = NOW - timedelta(days=day, minutes=30)
-        for shipper in ("fluentd", "vector"):
-            for release in RELEASES[: min(len(RELEASES), count - made)]:
-                name = f"{shipper}.{release}.{created:%Y.%m.%d}"
-                standin.add_index(name, created)
-                if created <= NOW - timedelta(days=RETENTION_DAYS):
-                    expired.append(name)
-                made += 1
-                if made == count:
-                    return expired
-        day += 1
-    return expired
+    return seed_indices(standin, count, RELEASES, NOW, retention_days=RETENTION_DAYS)
 
 
 def run_janitor(standin: ElasticsearchStandin, concurrency: int) -> Measure:
@@ -129,7 +115,9 @@ def curator_python() -> Path | None:
     return python
 
 
-def run_curator(standin: ElasticsearchStandin, python: Path) -> Measure | None:
+def run_curator(standin: ElasticsearchStandin, python: Path, now: datetime = NOW) -> Measure | None:
+    """Curator's ``delete_indices`` in a process of its own; ``seconds`` is its time from
+    after its imports (the process as a whole is what its caller times)."""
     before = len(standin.requests)
     done = subprocess.run(
         [
@@ -138,7 +126,7 @@ def run_curator(standin: ElasticsearchStandin, python: Path) -> Measure | None:
             CURATOR_SCRIPT,
             standin.url,
             ",".join(PATTERNS),
-            str(int(NOW.timestamp())),
+            str(int(now.timestamp())),
             str(RETENTION_DAYS),
         ],
         capture_output=True,

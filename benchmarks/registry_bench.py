@@ -15,129 +15,36 @@ Exits 1 when a target is missed: >= 4x faster, <= 2 manifest requests per tag, 0
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from benchmarks._fleet import (
+    RemoteProxy,
+    cpu_seconds,
+    remote_proxy,
+    seed_registry,
+    sequential_sweep,
+)
 from janitor.clients.http import HttpOptions
-from janitor.clients.registry import DOCKER_MANIFEST, connect_registry
+from janitor.clients.registry import connect_registry
 from janitor.naming import Templates
 from janitor.plan import Deployment, Result
 from janitor.sweepers.registry import plan_registry
-from tests.registry_server import Proxy, Pusher, Registry, run_registry
+from tests.registry_server import Registry, run_registry
 
 TEMPLATE = Templates("{release_snake}_airflow", (), repository="{release}/airflow")
 SPEEDUP_TARGET = 4.0
 MANIFEST_REQUESTS_PER_TAG = 2.0
 
 
-# --- seeding ---------------------------------------------------------------------------
-
-
-def seed_deployment(pusher: Pusher, repository: str, tags: int) -> None:
-    """``tags`` tags: a fifth aliases (shared digests), a fifth multi-arch (half Docker
-    manifest lists, half OCI indexes), the rest distinct single-arch images."""
-    aliases = tags // 5
-    multi = tags // 5
-    images = []
-    singles = tags - aliases - multi
-    for n in range(singles):
-        images.append(pusher.image(repository, f"1.{n}.0", label=f"{repository}-{n}"))
-    for n in range(multi):
-        oci = n % 2 == 1
-        images.append(pusher.index(repository, f"multi-{n}", oci=oci, label=f"{repository}-m{n}"))
-    for n in range(aliases):
-        # Alternate single-arch and multi-arch aliases, like "latest" and "deploy-N".
-        target = images[n] if n % 2 == 0 or not multi else images[singles + (n // 2) % multi]
-        pusher.put_manifest(repository, f"deploy-{n}", target)
-
-
-def seed(pusher: Pusher, releases: list[str], tags: int, pool: Executor) -> None:
-    futures = [pool.submit(seed_deployment, pusher, f"{r}/airflow", tags) for r in releases]
-    for future in futures:
-        future.result()
-
-
-# --- the proxy in its own process, so its CPU is not the janitor's ---------------------
-
-
-def _serve_proxy(conn: Connection, upstream: str, delay_s: float) -> None:
-    proxy = Proxy(upstream, delay_s=delay_s)
-    conn.send(proxy.url)
-    while True:
-        command = conn.recv()
-        if command == "counts":
-            conn.send(dict(proxy.counts))
-        elif command == "reset":
-            proxy.reset_counts()
-            conn.send(None)
-        else:
-            proxy.close()
-            conn.send(None)
-            return
-
-
-@dataclass
-class RemoteProxy:
-    url: str
-    conn: Connection
-    pid: int
-
-    def counts(self) -> Counter[str]:
-        self.conn.send("counts")
-        return Counter(self.conn.recv())
-
-    def reset(self) -> None:
-        self.conn.send("reset")
-        self.conn.recv()
-
-
-@contextmanager
-def remote_proxy(upstream: str, delay_s: float) -> Iterator[RemoteProxy]:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve_proxy, args=(child, upstream, delay_s), daemon=True)
-    process.start()
-    try:
-        yield RemoteProxy(parent.recv(), parent, process.pid or 0)
-    finally:
-        parent.send("stop")
-        parent.recv()
-        process.join(10)
-
-
-# --- the two sweeps --------------------------------------------------------------------
-
-
-def sequential_sweep(url: str, releases: list[str]) -> None:
-    """One request at a time: list, then per tag GET the manifest (Docker v2 only) for its
-    digest and DELETE it. Multi-arch tags answer with a child or 404, so they stay."""
-    session = requests.Session()
-    for release in releases:
-        repository = f"{release}/airflow"
-        listing = session.get(f"{url}/v2/{repository}/tags/list", timeout=30)
-        for tag in listing.json().get("tags") or []:
-            manifest = session.get(
-                f"{url}/v2/{repository}/manifests/{tag}",
-                headers={"Accept": DOCKER_MANIFEST},
-                timeout=30,
-            )
-            if manifest.status_code != 200:
-                continue
-            digest = manifest.headers["Docker-Content-Digest"]
-            session.delete(f"{url}/v2/{repository}/manifests/{digest}", timeout=30)
+# --- the janitor's sweep (the sequential one is benchmarks._fleet.sequential_sweep) ----
 
 
 def janitor_sweep(url: str, releases: list[str], concurrency: int) -> list[Result]:
@@ -170,12 +77,6 @@ def janitor_sweep(url: str, releases: list[str], concurrency: int) -> list[Resul
 
 
 # --- measuring -------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (the registry's own CPU)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -228,8 +129,8 @@ def run(deployments: int, tags: int, latency_ms: float, concurrency: int) -> boo
         started = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
             pusher = registry.pusher()
-            seed(pusher, sequential, tags, pool)
-            seed(pusher, janitor, tags, pool)
+            seed_registry(pusher, sequential, tags, pool)
+            seed_registry(pusher, janitor, tags, pool)
         print(
             f"seeded 2 x {deployments} deployments x {tags} tags "
             f"in {time.perf_counter() - started:.1f} s; proxy adds {latency_ms:g} ms per request"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from janitor.clients import http
 from janitor.clients.registry import RegistryError, parse_challenge
 from janitor.config import load_settings
 from janitor.errors import ConfigurationError
@@ -754,3 +755,49 @@ def test_credentials_in_the_url_are_used_and_never_shown(basic_registry: Registr
     problems = bad.check()
     assert problems
     assert "oops-secret" not in problems[0]
+
+
+def test_a_proxy_from_the_environment_carries_every_request(
+    registry: Registry, make_proxy: MakeProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platform that routes egress through HTTP_PROXY sees every registry request go
+    through it, the hundredth as the first: the environment is read once, not forgotten."""
+    name = repo()
+    registry.pusher().image(name, "1.0.0")
+    forward = make_proxy(registry.url)
+    for variable in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", forward.url)
+    client = connect(registry)
+
+    for _ in range(5):
+        assert client.list_tags(name) == ["1.0.0"]
+
+    assert forward.counts == {"GET ping": 1, "GET tags": 5}
+
+
+def test_netrc_credentials_are_looked_up_once_and_sent_on_every_request(
+    basic_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials an operator keeps in ~/.netrc (NETRC) still open a basic-auth registry on
+    every request, while the file is looked up once per registry, not once per request."""
+    name = repo()
+    basic_registry.pusher().image(name, "v1")
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {USERNAME} password {PASSWORD}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    lookups: list[str] = []
+    real = http.get_netrc_auth
+
+    def counted(url: str, raise_errors: bool = False) -> tuple[str, str] | None:
+        lookups.append(url)
+        return real(url, raise_errors)
+
+    monkeypatch.setattr(http, "get_netrc_auth", counted)
+    client = connect(basic_registry, username=None, password=None)
+
+    for _ in range(5):
+        assert client.list_tags(name) == ["v1"]
+
+    assert len(lookups) == 1

@@ -17,20 +17,27 @@ from __future__ import annotations
 import http.client
 import re
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 import requests
+from requests import PreparedRequest
 from requests.adapters import HTTPAdapter
+from requests.utils import get_auth_from_url, get_netrc_auth
 from urllib3 import BaseHTTPResponse
 from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
+    from requests.sessions import _Settings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -137,12 +144,26 @@ class BudgetedRetry(Retry):
             time.sleep(wait)
 
 
+def _no_auth(request: PreparedRequest) -> PreparedRequest:
+    return request
+
+
 class TimeoutSession(requests.Session):
-    """A session whose requests get the configured timeout unless one is given."""
+    """A session whose requests get the configured timeout unless one is given.
+
+    What requests reads from the environment for every request (proxy variables,
+    ``REQUESTS_CA_BUNDLE``, ``~/.netrc``: a dozen ``stat`` calls and environment scans, about
+    a third of the janitor's CPU per registry request) is read once per origin and kept for
+    the session's life, a run: the answers are the same, the environment does not change
+    under a run (README "Benchmarks").
+    """
 
     def __init__(self, timeout: tuple[float, float]) -> None:
         super().__init__()
         self._timeout = timeout
+        self._environment: dict[tuple[str, Any, Any, str], _Settings] = {}
+        self._netrc: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
@@ -150,6 +171,62 @@ class TimeoutSession(requests.Session):
         # (psf/requests#3829): pass the configured CA bundle explicitly on every request.
         kwargs.setdefault("verify", self.verify)
         return super().request(method, url, *args, **kwargs)
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> _Settings:
+        if proxies or not isinstance(url, str):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = (origin(url), stream, verify, str(cert))
+        with self._lock:
+            merged = self._environment.get(key)
+        if merged is None:
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            with self._lock:
+                self._environment[key] = merged
+        # The caller may change what it gets: a copy of the kept settings.
+        copy = merged.copy()
+        copy["proxies"] = dict(merged["proxies"] or {})
+        return copy
+
+    def prepare_request(self, request: requests.Request) -> PreparedRequest:
+        if self.trust_env and not request.auth and not self.auth and request.url:
+            where = origin(str(request.url))
+            with self._lock:
+                known = where in self._netrc
+                auth = self._netrc.get(where)
+            if not known:
+                auth = get_netrc_auth(str(request.url))
+                with self._lock:
+                    self._netrc[where] = auth
+            # Else, as requests does, the URL's user info; with neither, an auth that adds
+            # nothing keeps requests from looking the file up again.
+            in_url = get_auth_from_url(str(request.url))
+            request.auth = auth or (in_url if any(in_url) else _no_auth)
+        return super().prepare_request(request)
+
+
+class _PoolKeyAdapter(HTTPAdapter):
+    """An adapter that works out each origin's pool key once: requests checks whether a
+    CA bundle path is a directory (``os.path.isdir``) on every request."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keys: dict[tuple[str, Any, str], tuple[_HostParams, _PoolKwargs]] = {}
+        self._keys_lock = threading.Lock()
+
+    def build_connection_pool_key_attributes(
+        self, request: PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[_HostParams, _PoolKwargs]:
+        key = (origin(str(request.url)), verify, str(cert))
+        with self._keys_lock:
+            found = self._keys.get(key)
+        if found is None:
+            found = super().build_connection_pool_key_attributes(request, verify, cert)
+            with self._keys_lock:
+                self._keys[key] = found
+        host, pool = found
+        return host.copy(), pool.copy()
 
 
 def make_retry(options: HttpOptions) -> BudgetedRetry:
@@ -170,7 +247,7 @@ def make_retry(options: HttpOptions) -> BudgetedRetry:
 
 
 def make_session(options: HttpOptions = HttpOptions()) -> requests.Session:
-    adapter = HTTPAdapter(
+    adapter = _PoolKeyAdapter(
         max_retries=make_retry(options),
         pool_connections=options.pool_size,
         pool_maxsize=options.pool_size,
