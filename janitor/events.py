@@ -14,11 +14,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Literal, ParamSpec, Protocol, TextIO, TypeVar
 
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
-
+from janitor.imports import without
 from janitor.plan import Action, Result
 from janitor.redact import Scrubber
+
+with without("rich"):
+    import structlog
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 LogFormat = Literal["json", "console"]
 Log = structlog.typing.FilteringBoundLogger

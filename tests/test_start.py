@@ -72,6 +72,13 @@ def test_a_run_without_a_houston_dsn_does_not_load_libpq() -> None:
     assert {"psycopg", "psycopg_pool"} & loaded == set()
 
 
+def test_a_run_without_a_config_file_or_a_console_loads_neither_pyyaml_nor_rich() -> None:
+    """PyYAML is loaded for --config only, and rich for the console view only (structlog
+    is loaded without its rich tracebacks)."""
+    env = {"JANITOR_ELASTICSEARCH_URL": "http://127.0.0.1:9"}
+    assert {"yaml", "rich"} & _imported("run", "--log-format", "json", env=env) == set()
+
+
 def test_aiohttp_stays_importable_after_the_elasticsearch_client_loaded() -> None:
     """Hiding aiohttp from elastic-transport is undone once the client is loaded."""
     probe = "import janitor.clients.elasticsearch, aiohttp; print(aiohttp.__name__)"

@@ -9,7 +9,6 @@ resend at once, with no pause, to the single node the janitor talks to.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -24,16 +23,11 @@ from janitor.clients.http import (
     retry_after_note,
 )
 from janitor.errors import ConfigurationError
+from janitor.imports import without
 from janitor.redact import without_credentials
 
-# elastic-transport imports aiohttp (which the Kubernetes client installs) only to offer an
-# asynchronous node the janitor never uses; that import alone is about a third of a
-# logs-only run's start (README "Benchmarks"). Hidden while the client loads, then restored,
-# so that aiohttp stays importable for anything else. The sweeper takes these names from here.
-_HIDE_AIOHTTP = "aiohttp" not in sys.modules
-if _HIDE_AIOHTTP:
-    sys.modules["aiohttp"] = None  # type: ignore[assignment]
-try:
+# The sweeper takes the library's names from here: this module loads it, without aiohttp.
+with without("aiohttp"):
     from elastic_transport import ConnectionError as NoAnswerError
     from elastic_transport import (
         ConnectionTimeout,
@@ -51,9 +45,6 @@ try:
         NotFoundError,
         UnsupportedProductError,
     )
-finally:
-    if _HIDE_AIOHTTP:
-        del sys.modules["aiohttp"]
 
 __all__ = [
     "ApiError",
