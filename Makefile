@@ -32,7 +32,7 @@ unit: $(STAMP) services
 # fault on every remote, and the property-based tests (marked `hypothesis`) with the `soak`
 # profile of tests/conftest.py.
 soak: $(STAMP) services
-	JANITOR_HYPOTHESIS_PROFILE=soak $(BIN)/pytest -m "soak or hypothesis"
+	JANITOR_HYPOTHESIS_PROFILE=soak $(BIN)/pytest -m "soak or hypothesis" --hypothesis-show-statistics
 
 test: lint typecheck unit
 
