@@ -28,9 +28,11 @@ typecheck: $(STAMP)
 unit: $(STAMP) services
 	$(BIN)/pytest -m "not soak"
 
-# The long safety proofs of SAFETY.md (every kill point, more fleets and faults); not in `test`.
+# The long safety proofs of SAFETY.md beyond the subset `test` runs: every kill point, every
+# fault on every remote, and the property-based tests (marked `hypothesis`) with the `soak`
+# profile of tests/conftest.py.
 soak: $(STAMP) services
-	$(BIN)/pytest -m soak
+	JANITOR_HYPOTHESIS_PROFILE=soak $(BIN)/pytest -m "soak or hypothesis" --hypothesis-show-statistics
 
 test: lint typecheck unit
 

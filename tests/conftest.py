@@ -9,19 +9,49 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pytest
+from _pytest.mark import ParameterSet
+from hypothesis import HealthCheck, settings
 from psycopg import sql
 
 from janitor.cli import main
 
 # Fixture modules shared by several test files (the Kubernetes API stand-in's `api`).
 pytest_plugins = ["tests.k8s_api_server"]
+
+# Property-based tests (SAFETY.md): `make test` runs the `ci` profile, a fixed set of examples
+# (derandomized: the same draws on every run, so a new draw cannot turn CI red), `make soak`
+# the `soak` profile (JANITOR_HYPOTHESIS_PROFILE=soak): many more random ones, whose failure
+# prints the seed that replays it. A fleet's seed is far slower than hypothesis expects of an
+# example, and no example database is kept between runs.
+_PROPERTY_SETTINGS: dict[str, Any] = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+settings.register_profile("ci", max_examples=12, derandomize=True, **_PROPERTY_SETTINGS)
+settings.register_profile("soak", max_examples=300, **_PROPERTY_SETTINGS)
+settings.load_profile(os.environ.get("JANITOR_HYPOTHESIS_PROFILE", "ci"))
+
+
+def soak_beyond(cases: Mapping[str, Any], in_make_test: Collection[str]) -> list[ParameterSet]:
+    """``cases`` as pytest parameters named by their keys: those named in ``in_make_test``
+    run in `make test`, every other one is marked ``soak`` and runs in `make soak` only
+    (SAFETY.md). Raises ValueError for a name in ``in_make_test`` that is not a case."""
+    unknown = set(in_make_test) - set(cases)
+    if unknown:
+        raise ValueError(f"not a case: {sorted(unknown)}")
+    return [
+        pytest.param(case, id=name, marks=() if name in in_make_test else pytest.mark.soak)
+        for name, case in cases.items()
+    ]
+
 
 PG_HOST = os.environ.get("JANITOR_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("JANITOR_TEST_PG_PORT", "5432")

@@ -336,6 +336,8 @@ class _Session:
     server: socket.socket
     port: int
     """The local port of the server connection: ``client_port`` in ``pg_stat_activity``."""
+    pid: int | None = None
+    """The server process of the session, from its BackendKeyData at startup."""
     held: StatementRule | None = None
     """A rule whose ``after`` action waits for the server's ReadyForQuery."""
     held_messages: list[bytes] = field(default_factory=list)
@@ -414,6 +416,13 @@ class PgProxy:
         with self._lock:
             return {session.port for session in self.sessions}
 
+    def backends(self) -> list[tuple[int, int]]:
+        """``(pid, client_port)`` of every server process that served a session through this
+        proxy: in ``pg_stat_activity`` the pair names this test's janitor sessions and no
+        other suite's, also once the pid or the port alone is reused by another session."""
+        with self._lock:
+            return [(s.pid, s.port) for s in self.sessions if s.pid is not None]
+
     def _serve(self, client: socket.socket) -> None:
         server = socket.create_connection(self.upstream, timeout=None)
         server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -470,6 +479,8 @@ class PgProxy:
                 kind = _recv_exactly(server, 1)
                 (length,) = struct.unpack("!i", _recv_exactly(server, 4))
                 message = kind + struct.pack("!i", length) + _recv_exactly(server, length - 4)
+                if kind == b"K":  # BackendKeyData: process ID, then the cancel key
+                    (session.pid,) = struct.unpack("!i", message[5:9])
                 rule = session.held
                 if rule is None:
                     client.sendall(message)

@@ -28,6 +28,7 @@ PROMETHEUS = "/usr/bin/prometheus"
 READY_LINE = "Server is ready to receive web requests."
 # Generous for a loaded CI machine; a healthy server is ready in well under a second.
 START_TIMEOUT_S = 60.0
+PORT_ATTEMPTS = 3
 
 
 @contextmanager
@@ -44,11 +45,9 @@ def running_prometheus(
     config = workdir / "prometheus.yml"
     settings = {"global": {"scrape_interval": "1h"}, "scrape_configs": list(scrape_configs)}
     config.write_text(json.dumps(settings))  # JSON is YAML
-    port = free_port()
     command = [
         PROMETHEUS,
         f"--config.file={config}",
-        f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=info",
         *flags,
     ]
@@ -61,10 +60,24 @@ def running_prometheus(
         command.append(f"--web.config.file={web_file}")
         scheme = "https" if "tls_server_config" in web_config else "http"
     log = workdir / "prometheus.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    # Another suite on this machine may bind the free port between the probe and Prometheus'
+    # own bind: then try another one.
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [*command, f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_line(process, log, READY_LINE)
+            break
+        except RuntimeError as error:
+            stop(process)
+            if "address already in use" not in str(error) or attempt == PORT_ATTEMPTS - 1:
+                raise
     try:
-        wait_for_line(process, log, READY_LINE)
         yield f"{scheme}://127.0.0.1:{port}"
     finally:
         stop(process)

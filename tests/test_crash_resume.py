@@ -19,16 +19,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
 import pytest
 
-from tests.conftest import ADMIN_DSN, Houston
-from tests.fault_proxy import Call, PgProxy, Rule, StatementRule
+from tests.conftest import Houston, soak_beyond
+from tests.fault_proxy import Call, Rule, StatementRule
 from tests.world import (
     Remotes,
     assert_converges,
@@ -37,11 +35,8 @@ from tests.world import (
     remotes,  # noqa: F401 - pytest fixture
     seed_world,
     servers,  # noqa: F401 - pytest fixture
+    wait_for_sessions_to_end,
 )
-
-# Behind `make soak` until SAFETY.md lands (issue 11): these stories kill and terminate janitor
-# processes and sessions, and were seen to flake while another suite shared the PostgreSQL.
-pytestmark = pytest.mark.soak
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bounds every wait of these stories; none comes near it.
@@ -78,7 +73,7 @@ def statement(pattern: str, skip: int = 0, *, after: bool = False) -> KillPoint:
 # the retention check; run.finished.
 EVENT_LINES = 18
 
-KILL_POINTS: dict[str, KillPoint] = {
+NAMED_POINTS: dict[str, KillPoint] = {
     # Event lines seen on stdout: inside the plan, between a deployment's steps, after a
     # purge, inside the logs sweeper.
     "stdout: run.started": stdout(1),
@@ -121,8 +116,9 @@ KILL_POINTS: dict[str, KillPoint] = {
     "prometheus: retention read": KillPoint("prometheus", "/api/v1/status/", "GET"),
 }
 
-# make soak: every event line, and every statement the janitor sends.
-SOAK_POINTS: dict[str, KillPoint] = {
+# Every event line, and each statement and manifest DELETE of the run, before the server sees
+# it and after it handled it.
+EVERY_POINT: dict[str, KillPoint] = {
     **{f"stdout: line {n}": stdout(n) for n in range(1, EVENT_LINES)},
     **{
         f"pg: {name} #{n + 1}{' after' if after else ''}": statement(pattern, n, after=after)
@@ -206,37 +202,64 @@ def run_until_killed(env: dict[str, str], point: KillPoint | None, proxies: Remo
     return lines
 
 
-def wait_for_backends_to_end(pg: PgProxy) -> None:
-    """A killed janitor's sessions end once the server notices (after a statement in
-    flight finishes); until then its run lock is held, as after a real crash."""
-    ports = list(pg.upstream_ports())
-    deadline = time.monotonic() + WAIT_S
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s)"
-                " AND client_addr = '127.0.0.1'",
-                (ports,),
-            ).fetchone()
-            if row is not None and row[0] == 0:
-                return
-            assert time.monotonic() < deadline, "the killed janitor's sessions never ended"
-            time.sleep(0.02)
-
-
 def crash_and_resume(houston: Houston, proxies: Remotes, point: KillPoint) -> None:
     """Seed, kill at ``point``, check what the kill left, resume."""
     world = seed_world(houston, proxies)
     before = world.state()
 
     run_until_killed(world.env, point, proxies)
-    wait_for_backends_to_end(proxies.pg)
+    # A killed janitor's sessions end once the server notices (after a statement in flight
+    # finishes); until then its run lock is held, as after a real crash.
+    wait_for_sessions_to_end(proxies.pg)
 
     assert_nothing_purged_too_early(world, world.state())
     assert_converges(world, before)
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS.values()), ids=list(KILL_POINTS))
+# The points of make test: every stage issue 11 names. Inside each sweeper (databases: the
+# catalog read, a DROP DATABASE and DROP ROLE on either side of the server; registry: a tag
+# listing and a manifest DELETE; logs: the listing; metrics: the retention read), between a
+# deployment's steps (stdout), between the last resource and the purge (the emptiness probe,
+# the purge DELETE and its COMMIT), during the batched index DELETE; the run lock, a row
+# lock, a grant revoked elsewhere. make soak adds the other points.
+IN_MAKE_TEST = (
+    "pg: taking the run lock",
+    "pg: databases plan reading the catalog",
+    "pg: A row lock",
+    "pg: A DROP DATABASE unsent",
+    "pg: A DROP DATABASE done, unanswered",
+    "pg: A first DROP ROLE done, unanswered",
+    "pg: B grants revoked elsewhere, role kept",
+    "pg: A purge DELETE done, not committed",
+    "pg: A purge committed, unanswered",
+    "stdout: A database dropped",
+    "stdout: A first tag deleted",
+    "stdout: B roles dropped",
+    "stdout: first index deleted",
+    "registry: first tag listing",
+    "registry: A manifest DELETE unsent",
+    "registry: A manifest DELETE done, unanswered",
+    "registry: A emptiness probe, before the purge",
+    "es: index listing",
+    "es: batched DELETE unsent",
+    "es: batched DELETE done, unanswered",
+    "prometheus: retention read",
+)
+
+
+def distinct(*named: dict[str, KillPoint]) -> dict[str, KillPoint]:
+    """Each distinct point once, under the first name it has."""
+    first: dict[KillPoint, str] = {}
+    for points in named:
+        for name, point in points.items():
+            first.setdefault(point, name)
+    return {name: point for point, name in first.items()}
+
+
+KILL_POINTS = distinct(NAMED_POINTS, EVERY_POINT)
+
+
+@pytest.mark.parametrize("point", soak_beyond(KILL_POINTS, IN_MAKE_TEST))
 def test_a_janitor_killed_at_any_point_leaves_no_orphan_and_the_next_run_finishes_the_job(
     houston: Houston,
     remotes: Remotes,  # noqa: F811 - the imported fixture
@@ -244,18 +267,6 @@ def test_a_janitor_killed_at_any_point_leaves_no_orphan_and_the_next_run_finishe
 ) -> None:
     """SIGKILL at this point: no row went before its database, roles and tags; the next run
     ends in the uninterrupted run's state, and the run after it has nothing to do."""
-    crash_and_resume(houston, remotes, point)
-
-
-@pytest.mark.soak
-@pytest.mark.parametrize("point", list(SOAK_POINTS.values()), ids=list(SOAK_POINTS))
-def test_soak_a_janitor_killed_at_every_line_and_statement_resumes(
-    houston: Houston,
-    remotes: Remotes,  # noqa: F811 - the imported fixture
-    point: KillPoint,
-) -> None:
-    """make soak: the same story at every event line and at each statement and DELETE of
-    the run, before the server sees it and after it handled it."""
     crash_and_resume(houston, remotes, point)
 
 

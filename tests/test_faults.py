@@ -11,19 +11,20 @@ and once the fault is gone the next run reaches the state of an uninterrupted ru
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
-import psycopg
 import pytest
 
-from tests.conftest import ADMIN_DSN, Houston, janitor
+from tests.conftest import Houston, janitor, soak_beyond
 from tests.fault_proxy import (
     Answer,
     Call,
     Delay,
     Fault,
     HalfClose,
+    PgProxy,
     Reset,
     Rule,
     StatementRule,
@@ -39,11 +40,8 @@ from tests.world import (
     remotes,  # noqa: F401 - pytest fixture
     seed_world,
     servers,  # noqa: F401 - pytest fixture
+    wait_for_sessions_to_end,
 )
-
-# Behind `make soak` until SAFETY.md lands (issue 11): these stories kill and terminate janitor
-# processes and sessions, and were seen to flake while another suite shared the PostgreSQL.
-pytestmark = pytest.mark.soak
 
 THROTTLED = b'{"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}'
 # The shared retries (janitor.clients.http) absorb these when they pass.
@@ -187,16 +185,24 @@ def test_a_server_failing_every_request_fails_its_sweep_and_the_run_still_ends(
     first_run_then_converge(world, remotes, clean=False, says=SAYS[kind][server])
 
 
-@pytest.mark.soak
-@pytest.mark.parametrize("kind", ["reset", "half-closed", "500", "503"])
-@pytest.mark.parametrize("server", list(READS))
-def test_soak_a_server_failing_every_retried_request_exhausts_the_retries_and_fails(
+# Every retried fault on every request to a server, through the whole retry budget: up to
+# 15 s a case. make test exhausts the retries once, where they are quickest.
+EXHAUSTED = {
+    f"{server}: {kind}": (server, kind)
+    for server in READS
+    for kind in ("reset", "half-closed", "500", "503")
+}
+
+
+@pytest.mark.parametrize("case", soak_beyond(EXHAUSTED, ["prometheus: reset"]))
+def test_a_server_failing_every_retried_request_exhausts_the_retries_and_fails(
     houston: Houston,
     remotes: Remotes,  # noqa: F811 - the imported fixture
-    server: str,
-    kind: str,
+    case: tuple[str, str],
 ) -> None:
-    """make soak: the retried faults on every request, through the whole retry budget."""
+    """A fault the janitor retries, on every request to that server: the retries run out,
+    that sweep fails, the run still ends with run.finished, and the next run converges."""
+    server, kind = case
     world = seed_world(houston, remotes, databases=False)
     method, path = READS[server]
     remotes.http(server).add(Rule(method, path, ABSORBED[kind], times=None))
@@ -207,86 +213,76 @@ def test_soak_a_server_failing_every_retried_request_exhausts_the_retries_and_fa
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 
-def terminate_janitor_sessions() -> bool:
-    """pg_terminate_backend of every janitor session, as a DBA would; waits (bounded) for
-    them to end, then lets the held statement go on to its dead session."""
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        pids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'astro-janitor'"
-            )
-        ]
-        conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
-        deadline = time.monotonic() + 30
-        while conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
-        ).fetchone() != (0,):
-            assert time.monotonic() < deadline, "terminated sessions did not end"
-            time.sleep(0.01)
-    return True
-
-
 @dataclass(frozen=True)
 class PgFault:
-    rule: StatementRule
+    """A fault at the (``skip`` + 1)-th statement matching ``pattern``: its session ``reset``
+    by the proxy, or every janitor session of the test ``terminated`` by pg_terminate_backend
+    (before the statement reaches the server, or ``after`` it ran), or ``latency`` on every
+    matching statement. ``says``: what the failed event or run.finished says (None: the run
+    is clean)."""
+
+    act: Literal["latency", "reset", "terminated"]
+    pattern: str
     says: str | None
-    """What the failed event or run.finished says; None: the run is clean."""
+    after: bool = False
+    skip: int = 0
+
+    def rule(self, pg: PgProxy) -> StatementRule:
+        if self.act == "latency":
+            return StatementRule(self.pattern, delay_s=0.05, times=None)
+        action = (
+            partial(wait_for_sessions_to_end, pg, terminate=True)
+            if self.act == "terminated"
+            else lambda: False
+        )
+        return StatementRule(self.pattern, action, after=self.after, skip=self.skip)
 
 
 CLOSED = "server closed the connection unexpectedly"
 TERMINATED = "57P01 terminating connection due to administrator command"
 
-
-def pg_faults() -> dict[str, PgFault]:
-    """Fresh rules (a rule counts what it sees) for each PostgreSQL story."""
-    return {
-        "latency on every drop and purge": PgFault(
-            StatementRule(r"^(DROP|DELETE)", delay_s=0.05, times=None), None
-        ),
-        "reset at A's DROP DATABASE": PgFault(
-            StatementRule(r"^DROP DATABASE", lambda: False), CLOSED
-        ),
-        "reset at A's row lock": PgFault(StatementRule("FOR UPDATE", lambda: False), CLOSED),
-        "reset after A's purge committed": PgFault(
-            StatementRule("^COMMIT", lambda: False, after=True), "the purge was not confirmed"
-        ),
-        "reset taking the run lock": PgFault(
-            StatementRule("pg_try_advisory_lock", lambda: False), "Houston database"
-        ),
-        "reset reading the fleet": PgFault(
-            StatementRule("ORDER BY", lambda: False), "Houston database"
-        ),
-        "terminated at A's DROP DATABASE": PgFault(
-            StatementRule(r"^DROP DATABASE", terminate_janitor_sessions), TERMINATED
-        ),
-        "terminated at A's purge": PgFault(
-            StatementRule("^DELETE FROM", terminate_janitor_sessions), TERMINATED
-        ),
-        "terminated while the plan reads the catalog": PgFault(
-            StatementRule("FROM pg_database WHERE datname = ANY", terminate_janitor_sessions),
-            TERMINATED,
-        ),
-        "terminated after B's first DROP ROLE": PgFault(
-            StatementRule("^DROP ROLE", terminate_janitor_sessions, after=True, skip=2),
-            TERMINATED,
-        ),
-    }
+PG_FAULTS: dict[str, PgFault] = {
+    "latency on every drop and purge": PgFault("latency", r"^(DROP|DELETE)", None),
+    "reset at A's DROP DATABASE": PgFault("reset", r"^DROP DATABASE", CLOSED),
+    "reset at A's row lock": PgFault("reset", "FOR UPDATE", CLOSED),
+    "reset after A's purge committed": PgFault(
+        "reset", "^COMMIT", "the purge was not confirmed", after=True
+    ),
+    "reset taking the run lock": PgFault("reset", "pg_try_advisory_lock", "Houston database"),
+    "reset reading the fleet": PgFault("reset", "ORDER BY", "Houston database"),
+    "terminated at A's DROP DATABASE": PgFault("terminated", r"^DROP DATABASE", TERMINATED),
+    "terminated at A's purge": PgFault("terminated", "^DELETE FROM", TERMINATED),
+    "terminated while the plan reads the catalog": PgFault(
+        "terminated", "FROM pg_database WHERE datname = ANY", TERMINATED
+    ),
+    "terminated after B's first DROP ROLE": PgFault(
+        "terminated", "^DROP ROLE", TERMINATED, after=True, skip=2
+    ),
+}
 
 
-@pytest.mark.parametrize("case", list(pg_faults()))
+# make test: each kind once where it matters most (the purge, a role between deployments);
+# make soak: every point.
+PG_IN_MAKE_TEST = (
+    "latency on every drop and purge",
+    "reset after A's purge committed",
+    "terminated at A's purge",
+    "terminated after B's first DROP ROLE",
+)
+
+
+@pytest.mark.parametrize("case", soak_beyond(PG_FAULTS, PG_IN_MAKE_TEST))
 def test_a_postgresql_session_lost_mid_run_fails_only_what_it_carried(
     houston: Houston,
     remotes: Remotes,  # noqa: F811 - the imported fixture
-    case: str,
+    case: PgFault,
 ) -> None:
     """PostgreSQL through a proxy that resets a session at a statement, or sessions ended
     by pg_terminate_backend mid-run: what that session carried fails with the server's
     words (a purge whose commit went unanswered is not reported done), a dead pooled
     session is replaced for the next deployment, and the next run converges."""
     world = seed_world(houston, remotes)
-    fault = pg_faults()[case]
-    remotes.pg.add(fault.rule)
+    rule = remotes.pg.add(case.rule(remotes.pg))
 
-    first_run_then_converge(world, remotes, clean=fault.says is None, says=fault.says)
-    assert fault.rule.served == 1 or fault.rule.times is None
+    first_run_then_converge(world, remotes, clean=case.says is None, says=case.says)
+    assert rule.served == 1 or rule.times is None

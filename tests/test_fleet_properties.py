@@ -25,8 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
@@ -266,14 +265,7 @@ def test_a_grant_the_janitor_may_not_revoke_fails_that_role_in_the_plan_and_in_t
         assert again.outcomes("deployment.purge") == {release: "done"}
 
 
-HYPOTHESIS = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-}
-
-
-@settings(max_examples=12, derandomize=True, **HYPOTHESIS)
+# Examples: the hypothesis profile of tests/conftest.py (`ci` in make test, `soak` in make soak).
 @given(drawn=FLEETS)
 def test_one_run_removes_exactly_the_expired_deployments_and_a_dry_run_predicts_it(
     registry: Registry,  # noqa: F811 - the imported fixture
@@ -282,16 +274,4 @@ def test_one_run_removes_exactly_the_expired_deployments_and_a_dry_run_predicts_
     """Any fleet, any partial state: the dry run changes nothing and prints what the run
     then does, with its exit code; the run leaves exactly the expired, acted-on
     deployments fully gone (row, database, roles, tags, grants) and all else as it was."""
-    check_fleet(registry, drawn)
-
-
-@pytest.mark.soak
-@settings(max_examples=300, **HYPOTHESIS)
-@given(drawn=FLEETS)
-def test_soak_many_more_fleets(
-    registry: Registry,  # noqa: F811 - the imported fixture
-    drawn: list[Drawn],
-) -> None:
-    """make soak: the same property over 300 random fleets (hypothesis prints the seed of
-    any failure to replay it)."""
     check_fleet(registry, drawn)

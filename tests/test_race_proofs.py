@@ -41,10 +41,6 @@ from tests.world import (
     servers,  # noqa: F401 - pytest fixture
 )
 
-# Behind `make soak` until SAFETY.md lands (issue 11): these stories kill and terminate janitor
-# processes and sessions, and were seen to flake while another suite shared the PostgreSQL.
-pytestmark = pytest.mark.soak
-
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 30.0
 NO_LONGER_EXPIRED = "deployment was restored or is no longer past the retention window"

@@ -7,14 +7,16 @@ Import the fixtures ``registry``, ``servers`` and ``remotes`` by name into a tes
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
-from tests.conftest import PG_HOST, PG_PORT, Houston, Run, janitor
+from tests.conftest import ADMIN_DSN, PG_HOST, PG_PORT, Houston, Run, janitor
 from tests.es_standin import ElasticsearchStandin, running_standin
 from tests.fault_proxy import HttpProxy, PgProxy
 from tests.fleet import Fleet, Member, State, server_now
@@ -182,3 +184,39 @@ def assert_converges(world: World, before: State) -> None:
 def busy(run: Run) -> list[dict[str, Any]]:
     """The events of ``run`` that changed or tried to change something."""
     return [e for e in run.events if e.get("outcome") in ("done", "failed", "planned")]
+
+
+# A session of this test's janitor is a row of pg_stat_activity whose pid and client port are
+# those of a session through the test's own proxy. application_name 'astro-janitor' would
+# also name the janitors of other suites sharing the server (helper notes: never end them).
+_OWN_SESSIONS = """
+SELECT a.pid FROM pg_stat_activity a
+  JOIN unnest(%s::int[], %s::int[]) AS own(pid, port)
+    ON a.pid = own.pid AND a.client_port = own.port
+"""
+SESSIONS_END_S = 60.0
+
+
+def live_sessions(conn: psycopg.Connection[Any], pg: PgProxy) -> list[int]:
+    """The server processes still serving janitor sessions that went through ``pg``."""
+    backends = pg.backends()
+    pids, ports = [p for p, _ in backends], [port for _, port in backends]
+    return [row[0] for row in conn.execute(_OWN_SESSIONS, (pids, ports))]
+
+
+def wait_for_sessions_to_end(pg: PgProxy, *, terminate: bool = False) -> bool:
+    """Waits (bounded) until the janitor sessions that went through ``pg`` and are alive now
+    have ended; with ``terminate`` ends them first by pg_terminate_backend, as a DBA would.
+    Sessions the janitor opens meanwhile are not waited for. True: as a proxy rule's action,
+    the held statement goes on (to its dead session)."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        pids = live_sessions(conn, pg)
+        if terminate:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        deadline = time.monotonic() + SESSIONS_END_S
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, f"the janitor's sessions {pids} never ended"
+            time.sleep(0.02)
+    return True
