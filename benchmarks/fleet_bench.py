@@ -15,7 +15,8 @@ expired deployment has its Airflow database only as far as the disk allows: a da
 costs ~7.5 MB, so ``--max-databases`` is the count at the largest size and every size gets
 the same share; the others' databases are already gone, as after an interrupted run (roles,
 tags and rows still there). Every janitor process is measured from outside: wall time
-(process start included), CPU and peak RSS of the child (``os.wait4``), requests by kind at
+(process start included), CPU of the child (``os.wait4``) and its own peak RSS (``VmHWM``, see
+PEAK_PROBE), requests by kind at
 the proxy and the stand-in, and PostgreSQL transactions (``pg_stat_database`` of the
 bench's own Houston database, which the janitor's Airflow sessions also use).
 
@@ -157,6 +158,22 @@ def es_kind(target: str) -> str:
     return "/".join(["<indices>", *parts[1:2]])
 
 
+# The child's own peak RSS: Linux carries a parent's resident size into the ru_maxrss of a
+# child it forks (and across exec), and this bench holds the Elasticsearch stand-in with every
+# index, so wait4 would report the bench's size. VmHWM is the peak of the child's own memory
+# since its exec; the probe records it at exit and otherwise runs `python -m janitor`.
+PEAK_PROBE = """
+import atexit, os, runpy, sys
+def record():
+    with open("/proc/self/status") as status:
+        peak = next(line for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_PEAK_FILE"], "w") as out:
+        out.write(peak.split()[1])
+atexit.register(record)
+runpy.run_module("janitor", run_name="__main__", alter_sys=True)
+"""
+
+
 def janitor(command: Sequence[str], env: dict[str, str], counters: Counters) -> Process:
     """Runs ``python -m janitor COMMAND --log-format json`` with only ``env`` as janitor
     settings, and measures it."""
@@ -165,11 +182,16 @@ def janitor(command: Sequence[str], env: dict[str, str], counters: Counters) -> 
         counters.proxy.reset()
     es_before = len(counters.standin.requests) if counters.standin is not None else 0
     pg_before = _settled_transactions(counters.database) if counters.database else 0
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as peak,
+    ):
+        environment["BENCH_PEAK_FILE"] = peak.name
         own_cpu = time.process_time()
         started = time.perf_counter()
         child = subprocess.Popen(
-            [sys.executable, "-m", "janitor", *command, "--log-format", "json"],
+            [sys.executable, "-c", PEAK_PROBE, *command, "--log-format", "json"],
             stdout=out,
             stderr=err,
             env=environment,
@@ -187,6 +209,7 @@ def janitor(command: Sequence[str], env: dict[str, str], counters: Counters) -> 
         lines = out.read().decode().splitlines()
         err.seek(0)
         problems = err.read().decode()
+        peak_kb = int(peak.read() or 0)
     if not lines:
         raise RuntimeError(f"janitor {' '.join(command)} printed nothing: {problems[-2000:]}")
     requests: Counter[str] = Counter()
@@ -202,7 +225,7 @@ def janitor(command: Sequence[str], env: dict[str, str], counters: Counters) -> 
         command=" ".join(command),
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
+        peak_rss_mb=peak_kb / 1024,
         exit_code=child.returncode,
         finished=json.loads(lines[-1]),
         requests=requests,
@@ -417,6 +440,9 @@ class SizeResult:
     run: Process
     wrong: list[str]
     overhead: Overhead | None = None
+    plan_without_registry: Process | None = None
+    """The same plan without the registry's reads (a listing and a HEAD per tag): what the
+    Houston database, the Airflow catalog and Elasticsearch cost on their own."""
 
 
 def measure_size(names: Scratch, size: int, args: argparse.Namespace, workdir: Path) -> SizeResult:
@@ -442,13 +468,14 @@ def measure_size(names: Scratch, size: int, args: argparse.Namespace, workdir: P
             "JANITOR_CONCURRENCY": str(args.concurrency),
         }
         counters = Counters(proxy, standin, urlsplit_dbname(fleet.houston))
+        without_registry = janitor(["plan", "--only", "databases,logs"], env, counters)
         plan = janitor(["plan"], env, counters)
         run = janitor(["run"], env, counters)
         wrong = check_fleet(fleet, registry, standin)
-        for process in (plan, run):
+        for process in (without_registry, plan, run):
             if process.exit_code != 0:
                 wrong.append(f"janitor {process.command} exited {process.exit_code}")
-    result = SizeResult(fleet, plan, run, wrong)
+    result = SizeResult(fleet, plan, run, wrong, plan_without_registry=without_registry)
     if fleet.real_databases:
         result.overhead = measure_overhead(names, size, fleet.real_databases, args.concurrency)
     return result
@@ -548,7 +575,8 @@ def print_size(result: SizeResult) -> None:
         "| registry req | ES req | PG xacts | stand-in CPU s | exit |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for process in (result.plan, result.run):
+    first = (result.plan_without_registry,) if result.plan_without_registry else ()
+    for process in (*first, result.plan, result.run):
         print(
             f"| {fleet.size:,} | {process.command} | {process.wall_s:.2f} "
             f"| {1000 * process.wall_s / fleet.size:.2f} | {process.cpu_s:.2f} "
