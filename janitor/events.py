@@ -43,6 +43,12 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def run_id_of(log: Log) -> str:
+    """The ``run_id`` bound to ``log`` (make_logger), "" for none. The runner asks here so
+    that structlog is loaded in one place, without rich (janitor.imports)."""
+    return str(structlog.get_context(log).get("run_id", ""))
+
+
 def default_format(stream: TextIO) -> LogFormat:
     """README "Configuration": json when stdout is not a TTY, else console."""
     return "console" if stream.isatty() else "json"

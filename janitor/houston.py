@@ -168,11 +168,18 @@ def count_expired(
 ) -> int:
     """How many rows of ``shard`` are past the window at ``now``, whatever their names
     (README "Run metrics": janitor_expired_deployments_remaining)."""
+    params = {"now": now, "days": retention_days}
+    if not shard.sharded:
+        query = sql.SQL("SELECT count(*) FROM {table} WHERE {expired}").format(
+            expired=table.expired_condition(), **table.columns()
+        )
+        ((count,),) = conn.execute(query, params).fetchall()
+        return int(count)
+    # The shard of a row is sha256 of its release name (janitor.sharding), decided here.
     query = sql.SQL("SELECT {release}::text FROM {table} WHERE {expired}").format(
         expired=table.expired_condition(), **table.columns()
     )
-    rows = conn.execute(query, {"now": now, "days": retention_days})
-    return sum(shard.owns(release or "") for (release,) in rows)
+    return sum(shard.owns(release or "") for (release,) in conn.execute(query, params))
 
 
 def _names_in_use(

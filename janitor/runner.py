@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from janitor import __version__, assemble, pushgateway
 from janitor.config import Settings
 from janitor.errors import ConfigurationError, ExitCode
-from janitor.events import Log, Progress, Recorder
+from janitor.events import Log, Progress, Recorder, run_id_of
 from janitor.executor import Context, contained, purge_action, settle
 from janitor.plan import (
     Action,
@@ -229,7 +227,7 @@ def _run(
             ending.locked_out = True
             return
         workers = stack.enter_context(ThreadPoolExecutor(settings.concurrency, "janitor"))
-        run_id = str(structlog.get_context(recorder.log).get("run_id", ""))
+        run_id = run_id_of(recorder.log)
         sweepers = assemble.sweepers(
             settings,
             stack,
